@@ -1,0 +1,39 @@
+"""spoolatp: EOxServer's Asynchronous Task Processing as a file-system spool queue."""
+
+from spoolatp.errors import (
+    ClaimLost,
+    CorruptTaskFile,
+    HandlerNotFound,
+    PluginError,
+    QueueEmpty,
+    QueueException,
+    QueueFull,
+    ResponseNotFound,
+    SpoolError,
+    TaskExists,
+    TaskNotFound,
+    UnknownTaskType,
+)
+from spoolatp.spool import Claim, LogRecord, Spool, StartedTask, State, TaskInfo, TaskType
+
+__all__ = [
+    "Claim",
+    "ClaimLost",
+    "CorruptTaskFile",
+    "HandlerNotFound",
+    "LogRecord",
+    "PluginError",
+    "QueueEmpty",
+    "QueueException",
+    "QueueFull",
+    "ResponseNotFound",
+    "Spool",
+    "SpoolError",
+    "StartedTask",
+    "State",
+    "TaskExists",
+    "TaskInfo",
+    "TaskNotFound",
+    "TaskType",
+    "UnknownTaskType",
+]

@@ -1,0 +1,118 @@
+"""The whole exception tree of spoolatp.
+
+::
+
+    SpoolError                       base of everything spoolatp raises on purpose
+    +-- QueueException               the ATP guide's base (tracker API)
+    |   +-- QueueFull(..., OSError)  the spool holds its maximum of ENQUEUED tasks
+    |   +-- QueueEmpty(..., LookupError)  no task to dequeue
+    +-- TaskNotFound(..., LookupError)    no task with that type and id
+    +-- ResponseNotFound(..., LookupError)  the task has stored no response
+    +-- TaskExists(..., FileExistsError)    the (type, id) pair is taken
+    +-- UnknownTaskType(..., LookupError)   no such task type is registered
+    +-- ClaimLost(..., RuntimeError)        a consumer's claim was taken from it
+    +-- CorruptTaskFile(..., ValueError)    a task file failed validation
+    +-- HandlerNotFound(..., LookupError)   no installed plugin offers a handler
+    +-- PluginError(..., RuntimeError)      a plugin is broken (import, hooks, duplicates)
+
+Identifier problems are plain :class:`ValueError`, as the ATP issue asks.
+"""
+
+from __future__ import annotations
+
+
+class SpoolError(Exception):
+    """Base class of every error spoolatp raises on purpose."""
+
+
+class QueueException(SpoolError):
+    """Base class of the ATP guide's queue exceptions."""
+
+
+class QueueFull(QueueException, OSError):
+    """The spool already holds its maximum number of ENQUEUED tasks."""
+
+    def __init__(self, spool: object, limit: int) -> None:
+        self.spool = spool
+        self.limit = limit
+        super().__init__(
+            f"queue of the spool at {spool} is full ({limit} tasks ENQUEUED); "
+            "retry later or raise the limit with Spool.configure(max_queue=...)"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class QueueEmpty(QueueException, LookupError):
+    """No task is waiting that this consumer may take."""
+
+
+class TaskNotFound(SpoolError, LookupError):
+    """No task with that type and id exists in the spool."""
+
+    def __init__(self, type_id: str, task_id: str, spool: object) -> None:
+        self.type_id, self.task_id, self.spool = type_id, task_id, spool
+        super().__init__(f"task {type_id!r}/{task_id!r} not found in the spool at {spool}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ResponseNotFound(SpoolError, LookupError):
+    """The task exists but its handler stored no response."""
+
+
+class TaskExists(SpoolError, FileExistsError):
+    """A task with that type and id already exists."""
+
+    def __init__(self, type_id: str, task_id: str, spool: object) -> None:
+        self.type_id, self.task_id, self.spool = type_id, task_id, spool
+        super().__init__(
+            f"task {type_id!r}/{task_id!r} already exists in the spool at {spool} "
+            "(delete it first or use another id)"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class UnknownTaskType(SpoolError, LookupError):
+    """The task type is not registered in the spool."""
+
+    def __init__(self, type_id: str, spool: object) -> None:
+        self.type_id, self.spool = type_id, spool
+        super().__init__(
+            f"task type {type_id!r} is not registered in the spool at {spool} "
+            "(register it first with registerTaskType or `spoolatp register`)"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ClaimLost(SpoolError, RuntimeError):
+    """A consumer tried to change a task whose claim was taken from it.
+
+    The task was re-enqueued as abandoned, deleted, or finished by someone
+    else; the late change is refused and the task's current state is untouched.
+    """
+
+
+class CorruptTaskFile(SpoolError, ValueError):
+    """A task file is truncated, garbage or of an unknown format."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"corrupt task file {path}: {reason}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class HandlerNotFound(SpoolError, LookupError):
+    """No installed plugin offers a handler of that name on this host."""
+
+
+class PluginError(SpoolError, RuntimeError):
+    """A plugin failed to load, implements a hook wrongly, or clashes with another."""

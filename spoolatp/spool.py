@@ -1,0 +1,1164 @@
+"""The queue on disk: tasks are directories that move between state directories.
+
+A spool is a directory. ``ls`` it and you see::
+
+    spool.json                  settings every producer must agree on (JSON)
+    types/<TYPE>.json           registered task types (JSON: handler, timeout, ...)
+    ids/<TYPE>~<ID>             one symbolic link per task, never followed: its
+                                target text is the task's KEY (see below)
+    enqueued/<KEY>/             ENQUEUED tasks, oldest first when names are sorted
+    scheduled/<SERVER>/<KEY>/   SCHEDULED: claimed by consumer SERVER, not started
+    running/<SERVER>/<KEY>/     RUNNING on consumer SERVER
+    finished/<KEY>/             FINISHED
+    failed/<KEY>/               FAILED
+    slots/<N>                   only with max_queue: symlink to the KEY holding slot N
+    daemons/<SERVER>.json       each running daemon's heartbeat (JSON, rewritten by rename)
+    tmp/                        private work: enq~, reap~, del~, set~ entries
+    quarantine/<NAME>           files that failed validation, beside <NAME>.reason
+
+The state directories are named after the states, so ``ls`` and the code agree.
+
+**Task key.** ``KEY = <STAMP>~<TYPE>~<ID>``: STAMP is the enqueue time in
+nanoseconds as 16 lower-case hex digits, so sorting keys sorts tasks oldest
+first. TYPE and ID are the identifiers with ``%``, ``~`` and a leading ``.``
+percent-encoded; everything else is kept (spaces and non-ASCII letters
+included). Identifiers with ``/``, ``\\``, NUL, control characters or ``..``
+are refused (``ValueError``), so a key is always one safe path component.
+
+**Task directory.** Each task is a directory holding:
+
+- ``task``: written once at enqueue, never changed. A header line
+  ``SPOOLATP-TASK 1 <length> <sha256>`` then the pickled record
+  ``{"type", "id", "input", "enqueued", "message", "slot"}``. A file whose
+  header, length or checksum is wrong is never unpickled: its task is moved
+  to ``quarantine/`` with the reason.
+- ``journal``: JSON lines appended by whoever holds the task, one per state
+  change, log message or progress report:
+  ``{"t": time, "s": state code or null, "m": message, "srv": server,
+  "att": attempt, "p": progress fraction, "restart": n}``. The task's
+  history is the enqueue record followed by the journal.
+- ``response``: optional, written by the handler (tmp name then rename):
+  header line ``SPOOLATP-RESPONSE 1 <length> <sha256> <JSON meta>`` then the bytes.
+
+**State is where the directory is.** Every state change is one ``rename`` of
+the task directory within the spool's file system, so a reader sees a task
+in exactly one state directory and never half-written. A consumer claims by
+renaming ``enqueued/KEY`` into its own ``scheduled/SERVER/``; of two racing
+consumers exactly one rename succeeds.
+
+**Fencing.** Everything a consumer writes while it holds a task goes through
+the path of its task directory. Whoever takes a task away from it (zombie
+re-enqueue, delete) first renames that directory into ``tmp/``; from then on
+the old holder's writes fail with ENOENT and are refused as
+:class:`~spoolatp.errors.ClaimLost`. The attempt number in the journal tells
+a holder's own terminal record from someone else's.
+
+**Order.** Tasks are dequeued oldest first by STAMP. A re-enqueued task keeps
+its key and therefore its original place at the front of the queue.
+
+**Queue limit.** With ``max_queue`` N > 0, an enqueue must first create one of
+the symlinks ``slots/0`` .. ``slots/N-1`` (creation is atomic and fails if it
+exists, on NFS too); the claim that dequeues the task removes it. So the
+number of ENQUEUED tasks never exceeds N, whichever hosts enqueue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import errno
+import hashlib
+import json
+import logging
+import os
+import pickle
+import random
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from spoolatp.errors import (
+    ClaimLost,
+    CorruptTaskFile,
+    QueueEmpty,
+    QueueFull,
+    ResponseNotFound,
+    TaskExists,
+    TaskNotFound,
+    UnknownTaskType,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+TASK_MAGIC = b"SPOOLATP-TASK"
+RESPONSE_MAGIC = b"SPOOLATP-RESPONSE"
+MAX_TYPE_BYTES = 64
+MAX_ID_BYTES = 150
+#: seconds a private entry in tmp/ must be old before a sweep treats it as left by a crash
+TMP_GRACE = 300.0
+#: seconds a cached setting or task type is trusted before it is read again
+CACHE_TTL = 1.0
+
+EventHook = Callable[[str, dict[str, Any]], None]
+
+
+class State(enum.IntEnum):
+    """Task states with EOxServer's codes."""
+
+    ENQUEUED = 1
+    SCHEDULED = 2
+    RUNNING = 3
+    FINISHED = 5
+    FAILED = 6
+
+    @property
+    def terminal(self) -> bool:
+        return self in (State.FINISHED, State.FAILED)
+
+    @classmethod
+    def parse(cls, value: str | int | State) -> State:
+        """Turn a name (``"ACCEPTED"`` is an alias of ENQUEUED) or a code into a state."""
+        if isinstance(value, State):
+            return value
+        if isinstance(value, int):
+            try:
+                return cls(value)
+            except ValueError:
+                raise ValueError(f"no task state has code {value}; codes are 1, 2, 3, 5, 6") from None
+        name = str(value).strip().upper()
+        if name == "ACCEPTED":
+            return cls.ENQUEUED
+        try:
+            return cls[name]
+        except KeyError:
+            names = ", ".join(s.name for s in cls)
+            raise ValueError(f"unknown task state {value!r}; use one of {names}") from None
+
+    def pair(self) -> tuple[int, str]:
+        return (int(self), self.name)
+
+
+# --------------------------------------------------------------------------- identifiers
+
+
+def validate_id(value: object, what: str = "identifier") -> str:
+    """Check a type or task identifier; raise ``ValueError`` naming the culprit.
+
+    :raises ValueError: empty, not a string, too long, or containing ``/``,
+        ``\\``, NUL, control characters or ``..``.
+    """
+    if not isinstance(value, str):
+        raise ValueError(f"{what} must be a string, not {type(value).__name__} ({value!r})")
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    for bad in ("/", "\\", "\x00", ".."):
+        if bad in value:
+            raise ValueError(f"{what} {value!r} contains {bad!r}, which could escape the spool; use another {what}")
+    if not value.isprintable():
+        raise ValueError(f"{what} {value!r} contains control characters; use printable characters only")
+    if value.strip() != value:
+        raise ValueError(f"{what} {value!r} starts or ends with white space; strip it")
+    limit = MAX_TYPE_BYTES if what == "task type" else MAX_ID_BYTES
+    if len(_encode(value).encode()) > limit:
+        raise ValueError(f"{what} {value[:40]!r}... is too long ({len(value)} characters); the limit is {limit} bytes")
+    return value
+
+
+def _encode(value: str) -> str:
+    out = value.replace("%", "%25").replace("~", "%7E")
+    return "%2E" + out[1:] if out.startswith(".") else out
+
+
+def _decode(value: str) -> str:
+    return value.replace("%7E", "~").replace("%2E", ".").replace("%25", "%")
+
+
+def make_key(type_id: str, task_id: str, stamp: int) -> str:
+    return f"{stamp:016x}~{_encode(type_id)}~{_encode(task_id)}"
+
+
+def parse_key(key: str) -> tuple[str, str]:
+    """Return ``(type_id, task_id)`` of a key; ``ValueError`` if it is not one."""
+    parts = key.split("~")
+    if len(parts) != 3 or len(parts[0]) != 16 or not all(parts):
+        raise ValueError(f"{key!r} is not a task key")
+    int(parts[0], 16)
+    return _decode(parts[1]), _decode(parts[2])
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskType:
+    """A registered task type."""
+
+    name: str
+    handler: str
+    timeout: float = 3600.0
+    timeret: float = -1.0
+    maxrestart: int = 2
+    #: free-form settings for the handler (JSON), fixed at registration, e.g. a command line
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogRecord:
+    """One entry of a task's history."""
+
+    time: float
+    state: State | None
+    message: str
+    server: str | None = None
+    attempt: int | None = None
+    progress: float | None = None
+    restart: int | None = None
+
+    @property
+    def when(self) -> datetime:
+        return datetime.fromtimestamp(self.time, timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+    """What a reader can learn about a task without unpickling its input."""
+
+    type_id: str
+    task_id: str
+    key: str
+    state: State
+    server: str | None
+    attempts: int
+    restarts: int
+    enqueued: float
+    updated: float
+    progress: float | None
+    progress_message: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A consumer's handle on one attempt of one task (the guide's ``taskId``).
+
+    Picklable, so a daemon can give it to a worker process.
+    """
+
+    spool: str
+    server: str
+    key: str
+    attempt: int
+
+    @property
+    def type_id(self) -> str:
+        return parse_key(self.key)[0]
+
+    @property
+    def task_id(self) -> str:
+        return parse_key(self.key)[1]
+
+    def __str__(self) -> str:
+        return f"{self.type_id}/{self.task_id} (attempt {self.attempt} on {self.server})"
+
+
+@dataclasses.dataclass(frozen=True)
+class StartedTask:
+    """What :meth:`Spool.start` hands a consumer: the guide's 4-tuple, named."""
+
+    type_id: str
+    task_id: str
+    handler: str
+    input: Any
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.type_id, self.task_id, self.handler, self.input))
+
+
+def seal(magic: bytes, payload: bytes, meta: str = "") -> bytes:
+    """Prefix ``payload`` with a header line carrying format, length and checksum."""
+    digest = hashlib.sha256(payload).hexdigest()
+    head = b"%s %d %d %s" % (magic, FORMAT, len(payload), digest.encode())
+    if meta:
+        head += b" " + meta.encode()
+    return head + b"\n" + payload
+
+
+def unseal(magic: bytes, data: bytes, path: object) -> tuple[bytes, str]:
+    """Check a sealed file and return ``(payload, meta)``; never unpickles anything.
+
+    :raises CorruptTaskFile: wrong magic, unknown format, truncated or bad checksum.
+    """
+    head, sep, payload = data.partition(b"\n")
+    if not sep:
+        raise CorruptTaskFile(path, "no header line (truncated or not a spoolatp file)")
+    parts = head.split(b" ", 4)
+    if len(parts) < 4 or parts[0] != magic:
+        raise CorruptTaskFile(path, f"header does not start with {magic.decode()!r}")
+    if parts[1] != str(FORMAT).encode():
+        raise CorruptTaskFile(path, f"unknown format version {parts[1][:10]!r}")
+    try:
+        length = int(parts[2])
+    except ValueError:
+        raise CorruptTaskFile(path, "length in header is not a number") from None
+    if len(payload) != length:
+        raise CorruptTaskFile(path, f"truncated: header says {length} bytes, file has {len(payload)}")
+    if hashlib.sha256(payload).hexdigest().encode() != parts[3]:
+        raise CorruptTaskFile(path, "checksum mismatch (file altered or damaged)")
+    meta = parts[4].decode("utf-8", "replace") if len(parts) > 4 else ""
+    return payload, meta
+
+
+# --------------------------------------------------------------------------- the spool
+
+
+def default_spool_path() -> Path:
+    """``$SPOOLATP_SPOOL``, else ``$XDG_DATA_HOME/spoolatp/spool`` (``~/.local/share/...``)."""
+    env = os.environ.get("SPOOLATP_SPOOL")
+    if env:
+        return Path(env)
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "spoolatp" / "spool"
+
+
+STATE_DIRS = ("enqueued", "scheduled", "running", "finished", "failed")
+SPOOL_DIRS = ("types", "ids", "slots", "tmp", "quarantine", "daemons", *STATE_DIRS)
+_DIR_OF = {
+    State.ENQUEUED: "enqueued",
+    State.SCHEDULED: "scheduled",
+    State.RUNNING: "running",
+    State.FINISHED: "finished",
+    State.FAILED: "failed",
+}
+
+
+class Spool:
+    """A spool directory: the queue, its task types and its settings.
+
+    Opening a spool that does not exist creates it. All methods are safe to
+    call from many processes and hosts at once; none takes a lock.
+
+    :param on_event: called as ``on_event(name, info)`` after ``enqueued``,
+        ``started``, ``finished``, ``failed``, ``reenqueued`` and ``retired``;
+        this is the seam through which plugins observe tasks. Exceptions it
+        raises are logged and ignored.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, on_event: EventHook | None = None) -> None:
+        self.path = Path(path) if path is not None else default_spool_path()
+        self.on_event = on_event
+        self._candidates: list[str] = []
+        self._settings: tuple[float, dict[str, Any]] | None = None
+        self._types: dict[str, tuple[float, TaskType]] = {}
+        self._server_dirs: set[str] = set()
+        self._create()
+
+    def __repr__(self) -> str:
+        return f"Spool({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def clock(self) -> float:
+        """The time by which timeouts and retention are judged."""
+        return time.time()
+
+    # ------------------------------------------------------------------ layout
+
+    def _create(self) -> None:
+        old = os.umask(0o007)  # owner and group only: the spool holds pickles
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            for name in SPOOL_DIRS:
+                (self.path / name).mkdir(exist_ok=True)
+            if not (self.path / "spool.json").exists():
+                self._write_json(self.path / "spool.json", {"format": FORMAT, "max_queue": 0, "durable": False})
+        finally:
+            os.umask(old)
+
+    def _write_json(self, dest: Path, obj: dict[str, Any]) -> None:
+        tmp = self.path / "tmp" / f"set~{secrets.token_hex(8)}~{dest.name}"
+        self._write_new(tmp, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
+        os.replace(tmp, dest)  # readers see the old or the new file, never a mix
+
+    def _write_new(self, path: Path, data: bytes) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
+        try:
+            os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ settings
+
+    def settings(self) -> dict[str, Any]:
+        """The spool's settings (``max_queue``: 0 means unlimited; ``durable``: fsync)."""
+        now = time.monotonic()
+        if self._settings is None or now - self._settings[0] > CACHE_TTL:
+            with open(self.path / "spool.json", "rb") as f:
+                self._settings = (now, json.load(f))
+        return self._settings[1]
+
+    @property
+    def durable(self) -> bool:
+        """Whether files are fsynced before they are published (setting ``durable``)."""
+        try:
+            return bool(self.settings().get("durable"))
+        except FileNotFoundError:  # while the spool itself is being created
+            return False
+
+    def configure(self, *, max_queue: int | None = None, durable: bool | None = None) -> dict[str, Any]:
+        """Change settings stored in the spool, seen by every producer within a second."""
+        self._settings = None
+        current = dict(self.settings())
+        if max_queue is not None:
+            if not isinstance(max_queue, int) or max_queue < 0:
+                raise ValueError(f"max_queue must be a whole number >= 0 (0 = unlimited), not {max_queue!r}")
+            current["max_queue"] = max_queue
+        if durable is not None:
+            current["durable"] = bool(durable)
+        self._write_json(self.path / "spool.json", current)
+        self._settings = None
+        return current
+
+    # ------------------------------------------------------------------ task types
+
+    def register_type(
+        self,
+        name: str,
+        handler: str,
+        timeout: float = 3600,
+        timeret: float = -1,
+        maxrestart: int = 2,
+        options: dict[str, Any] | None = None,
+    ) -> TaskType:
+        """Create or replace a task type (an upsert every host sees)."""
+        validate_id(name, "task type")
+        if not isinstance(handler, str) or not handler.strip():
+            raise ValueError(f"handler of task type {name!r} must be a handler name, not {handler!r}")
+        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"timeout of task type {name!r} must be a number of seconds > 0, not {timeout!r}")
+        if not isinstance(timeret, (int, float)):
+            raise ValueError(f"timeret of task type {name!r} must be a number of seconds, not {timeret!r}")
+        if not isinstance(maxrestart, int) or maxrestart < 0:
+            raise ValueError(f"maxrestart of task type {name!r} must be a whole number >= 0, not {maxrestart!r}")
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options of task type {name!r} must be a dict, not {type(options).__name__}")
+        try:
+            json.dumps(options or {})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"options of task type {name!r} must be JSON-serialisable: {exc}") from None
+        ttype = TaskType(name, handler.strip(), float(timeout), float(timeret), maxrestart, dict(options or {}))
+        self._write_json(self.path / "types" / f"{_encode(name)}.json", ttype.to_json())
+        self._types.pop(name, None)
+        return ttype
+
+    def get_type(self, name: str) -> TaskType:
+        """:raises UnknownTaskType: if no such type is registered."""
+        now = time.monotonic()
+        cached = self._types.get(name)
+        if cached and now - cached[0] <= CACHE_TTL:
+            return cached[1]
+        validate_id(name, "task type")
+        try:
+            with open(self.path / "types" / f"{_encode(name)}.json", "rb") as f:
+                data = json.load(f)
+            ttype = TaskType(
+                **{k: data[k] for k in ("name", "handler", "timeout", "timeret", "maxrestart")},
+                options=dict(data.get("options") or {}),
+            )
+        except FileNotFoundError:
+            raise UnknownTaskType(name, self) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UnknownTaskType(name, self) from exc
+        self._types[name] = (now, ttype)
+        return ttype
+
+    def types(self) -> list[TaskType]:
+        out = []
+        for entry in sorted(os.listdir(self.path / "types")):
+            if entry.endswith(".json") and not entry.startswith("."):
+                with contextlib.suppress(UnknownTaskType, ValueError):
+                    out.append(self.get_type(_decode(entry[:-5])))
+        return out
+
+    # ------------------------------------------------------------------ producer
+
+    def enqueue(self, type_id: str, task_id: str, input: Any = None, message: str = "") -> str:
+        """Add a task; return its key.
+
+        :raises ValueError: bad identifier. :raises UnknownTaskType:
+        :raises TaskExists: the pair is taken. :raises QueueFull: the limit is reached.
+        :raises TypeError: the input cannot be pickled.
+        """
+        validate_id(type_id, "task type")
+        validate_id(task_id, "task id")
+        self.get_type(type_id)
+        now = self.clock()
+        key = make_key(type_id, task_id, time.time_ns())
+        record = {"type": type_id, "id": task_id, "input": input, "enqueued": now, "message": str(message)}
+        try:
+            pickle.dumps(input, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            raise TypeError(f"input of task {type_id!r}/{task_id!r} cannot be pickled: {exc}") from exc
+        name = self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}"
+        self._link(key, name, lambda: TaskExists(type_id, task_id, self))
+        tmp = self.path / "tmp" / f"enq~{secrets.token_hex(4)}~{key}"
+        slot = None
+        try:
+            limit = int(self.settings().get("max_queue") or 0)
+            if limit > 0:
+                slot = self._take_slot(key, limit)
+            record["slot"] = slot
+            payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+            os.mkdir(tmp, 0o770)
+            self._write_new(tmp / "task", seal(TASK_MAGIC, payload))
+            os.rename(tmp, self.path / "enqueued" / key)  # publish: the task appears whole or not at all
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if slot is not None:
+                self._unlink_if_points(self.path / "slots" / str(slot), key)
+            self._unlink_if_points(name, key)
+            raise
+        self._emit("enqueued", type_id=type_id, task_id=task_id, key=key)
+        return key
+
+    def _link(self, key: str, path: Path, exists: Callable[[], Exception]) -> None:
+        """Create symlink ``path`` whose text is ``key``: atomic, fails if it exists (NFS too)."""
+        try:
+            os.symlink(key, path)
+        except FileExistsError:
+            # NFS: a retransmitted SYMLINK whose first try succeeded reports EEXIST; the text tells
+            if self._readlink(path) != key:
+                raise exists() from None
+        except PermissionError:
+            # sshfs reports EPERM where EEXIST is meant
+            if self._readlink(path) is None:
+                raise
+            if self._readlink(path) != key:
+                raise exists() from None
+
+    @staticmethod
+    def _readlink(path: Path) -> str | None:
+        try:
+            return os.readlink(path)
+        except (FileNotFoundError, OSError):
+            return None
+
+    def _unlink_if_points(self, path: Path, key: str) -> None:
+        if self._readlink(path) == key:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+    def _take_slot(self, key: str, limit: int) -> int:
+        taken = {int(n) for n in os.listdir(self.path / "slots") if n.isdigit()}
+        free = [n for n in range(limit) if n not in taken]
+        random.shuffle(free)
+        for n in free:
+            try:
+                os.symlink(key, self.path / "slots" / str(n))  # atomic: one winner per slot
+                return n
+            except FileExistsError:
+                continue
+        raise QueueFull(self, limit)
+
+    # ------------------------------------------------------------------ finding tasks
+
+    def _key_of(self, type_id: str, task_id: str) -> str:
+        validate_id(type_id, "task type")
+        validate_id(task_id, "task id")
+        key = self._readlink(self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}")
+        if key is None:
+            raise TaskNotFound(type_id, task_id, self)
+        return key
+
+    def _locate(self, key: str) -> tuple[Path, State, str | None]:
+        """Find a task directory by key; retries briefly because a move may be in flight."""
+        for delay in (0, 0.001, 0.005, 0.02, 0.05, 0.1):
+            if delay:
+                time.sleep(delay)
+            for state in (State.ENQUEUED, State.FINISHED, State.FAILED):
+                path = self.path / _DIR_OF[state] / key
+                if os.path.isdir(path):
+                    return path, state, None
+            for state in (State.RUNNING, State.SCHEDULED):
+                base = self.path / _DIR_OF[state]
+                for server in os.listdir(base):
+                    path = base / server / key
+                    if os.path.isdir(path):
+                        return path, state, server
+        raise FileNotFoundError(key)
+
+    def _find(self, type_id: str, task_id: str) -> tuple[Path, State, str | None, str]:
+        key = self._key_of(type_id, task_id)
+        try:
+            return (*self._locate(key), key)
+        except FileNotFoundError:
+            raise TaskNotFound(type_id, task_id, self) from None
+
+    def status(self, type_id: str, task_id: str) -> State:
+        """:raises TaskNotFound:"""
+        return self._find(type_id, task_id)[1]
+
+    def info(self, type_id: str, task_id: str) -> TaskInfo:
+        path, state, server, key = self._find(type_id, task_id)
+        return self._info(path, state, server, key)
+
+    def _info(self, path: Path, state: State, server: str | None, key: str) -> TaskInfo:
+        type_id, task_id = parse_key(key)
+        journal = self._journal(path)
+        attempts = sum(1 for r in journal if r.state is State.SCHEDULED)
+        restarts = max((r.restart or 0 for r in journal), default=0)
+        progress = [r for r in journal if r.progress is not None]
+        enqueued = int(key[:16], 16) / 1e9
+        return TaskInfo(
+            type_id,
+            task_id,
+            key,
+            state,
+            server,
+            attempts,
+            restarts,
+            enqueued,
+            journal[-1].time if journal else enqueued,
+            progress[-1].progress if progress else None,
+            progress[-1].message if progress else None,
+        )
+
+    def log(self, type_id: str, task_id: str) -> list[LogRecord]:
+        """The task's history, oldest first: its enqueue, then every journal entry."""
+        path, _, _, key = self._find(type_id, task_id)
+        record = self._read_record(path, key)
+        first = LogRecord(record["enqueued"], State.ENQUEUED, record.get("message") or "enqueued")
+        return [first, *self._journal(path)]
+
+    def response(self, type_id: str, task_id: str) -> tuple[Any, str]:
+        """Return ``(response, mime_type)`` as the handler stored it.
+
+        :raises ResponseNotFound: the handler stored none.
+        """
+        path, _, _, key = self._find(type_id, task_id)
+        try:
+            with open(path / "response", "rb", opener=_nofollow) as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ResponseNotFound(f"task {type_id!r}/{task_id!r} has stored no response") from None
+        payload, meta = unseal(RESPONSE_MAGIC, data, path / "response")
+        info = json.loads(meta or "{}")
+        body: Any = payload.decode("utf-8") if info.get("kind") == "str" else payload
+        return body, str(info.get("mime", "application/octet-stream"))
+
+    def delete(self, type_id: str, task_id: str) -> None:
+        """Remove a task in any state; a consumer still holding it loses its claim."""
+        path, _, _, key = self._find(type_id, task_id)
+        grave = self.path / "tmp" / f"del~{secrets.token_hex(4)}~{key}"
+        try:
+            os.rename(path, grave)  # the task vanishes from every state at once, and fences its holder
+        except FileNotFoundError:
+            raise TaskNotFound(type_id, task_id, self) from None
+        self._bury(grave, key)
+
+    def _bury(self, grave: Path, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            record = self._read_record(grave, key, quarantine=False)
+            if record.get("slot") is not None:
+                self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
+        type_id, task_id = parse_key(key)
+        self._unlink_if_points(self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}", key)
+        _remove(grave)
+
+    def tasks(self, state: State | None = None, type_id: str | None = None) -> Iterator[TaskInfo]:
+        """Every task (optionally of one state and type), oldest first within a state."""
+        states = [state] if state is not None else list(State)
+        for st in states:
+            base = self.path / _DIR_OF[st]
+            if st in (State.SCHEDULED, State.RUNNING):
+                entries = [(base / s / k, s, k) for s in _listdir(base) for k in _listdir(base / s)]
+            else:
+                entries = [(base / k, None, k) for k in _listdir(base)]
+            for path, server, key in sorted(entries, key=lambda e: e[2]):
+                try:
+                    t, _ = parse_key(key)
+                except ValueError:
+                    continue
+                if type_id is not None and t != type_id:
+                    continue
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    yield self._info(path, st, server, key)
+
+    def counts(self) -> dict[str, int]:
+        out = {s.name: 0 for s in State}
+        for st in State:
+            base = self.path / _DIR_OF[st]
+            if st in (State.SCHEDULED, State.RUNNING):
+                out[st.name] = sum(len(_listdir(base / s)) for s in _listdir(base))
+            else:
+                out[st.name] = sum(1 for k in _listdir(base) if not k.startswith("."))
+        return out
+
+    # ------------------------------------------------------------------ consumer
+
+    def claim(
+        self,
+        server: str,
+        *,
+        accept: Callable[[str], bool] | None = None,
+        limit: int = 1,
+        message: str = "",
+    ) -> list[Claim]:
+        """Dequeue up to ``limit`` tasks, oldest first: ENQUEUED -> SCHEDULED.
+
+        ``accept(type_id)`` restricts the claim to types this consumer can run.
+        The queue is listed once and the sorted list is reused by later calls,
+        so the cost per task does not grow with the queue.
+
+        :raises QueueEmpty: nothing (acceptable) is waiting.
+        """
+        validate_id(server, "server id")
+        sdir = self.path / "scheduled" / server
+        if server not in self._server_dirs:
+            sdir.mkdir(mode=0o770, exist_ok=True)
+            self._server_dirs.add(server)
+        claims: list[Claim] = []
+        refreshed = False
+        while len(claims) < limit:
+            if not self._candidates:
+                if refreshed:
+                    break
+                self._candidates = sorted((k for k in _listdir(self.path / "enqueued") if k[:1] != "."), reverse=True)
+                refreshed = True
+                continue
+            key = self._candidates.pop()
+            try:
+                type_id, _ = parse_key(key)
+            except ValueError:
+                self._quarantine(self.path / "enqueued" / key, "name is not a task key")
+                continue
+            if accept is not None and not accept(type_id):
+                continue
+            try:
+                os.rename(self.path / "enqueued" / key, sdir / key)  # the claim: of racing consumers one rename wins
+            except FileNotFoundError:
+                if not (sdir / key).exists():  # NFS: a retransmitted RENAME may say ENOENT after it succeeded
+                    continue
+            except FileExistsError:  # an empty leftover from a crashed earlier run of this server id
+                continue
+            claim = self._claimed(sdir / key, server, key, message)
+            if claim is not None:
+                claims.append(claim)
+        if not claims:
+            raise QueueEmpty(f"no task waiting in the spool at {self}")
+        return claims
+
+    def _claimed(self, path: Path, server: str, key: str, message: str) -> Claim | None:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):  # a planted file or symlink: never follow it
+            self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
+            return None
+        journal = self._journal(path)
+        attempt = sum(1 for r in journal if r.state is State.SCHEDULED) + 1
+        try:
+            record = self._read_record(path, key)
+        except CorruptTaskFile:
+            return None
+        if record.get("slot") is not None:
+            self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
+        claim = Claim(str(self.path), server, key, attempt)
+        self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim)
+        return claim
+
+    def _claim_path(self, claim: Claim) -> tuple[Path, State]:
+        for state in (State.RUNNING, State.SCHEDULED):
+            path = self.path / _DIR_OF[state] / claim.server / claim.key
+            if os.path.isdir(path):
+                return path, state
+        raise ClaimLost(
+            f"task {claim} is no longer held by server {claim.server!r}: it was re-enqueued "
+            "as abandoned, deleted or retired; this change is discarded"
+        )
+
+    def _own_terminal(self, claim: Claim) -> tuple[Path, State] | None:
+        """The task's terminal directory if this very attempt ended it, else None."""
+        for state in (State.FINISHED, State.FAILED):
+            path = self.path / _DIR_OF[state] / claim.key
+            if os.path.isdir(path):
+                ends = [r for r in self._journal(path) if r.state is not None and r.state.terminal]
+                if ends and ends[-1].server == claim.server and ends[-1].attempt == claim.attempt:
+                    return path, state
+        return None
+
+    def start(self, claim: Claim, message: str = "") -> StartedTask:
+        """SCHEDULED -> RUNNING; return the task's type, id, handler name and input.
+
+        :raises ClaimLost: the task was taken from this consumer.
+        :raises CorruptTaskFile: the task file failed validation (it is quarantined).
+        """
+        path, state = self._claim_path(claim)
+        if state is State.SCHEDULED:
+            rdir = self.path / "running" / claim.server
+            if claim.server not in self._server_dirs or not rdir.is_dir():
+                rdir.mkdir(mode=0o770, exist_ok=True)
+            dest = rdir / claim.key
+            try:
+                os.rename(path, dest)  # fails with ENOENT if a reaper fenced the claim first
+            except FileNotFoundError:
+                if not dest.is_dir():
+                    raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started") from None
+            path = dest
+        record = self._read_record(path, claim.key)
+        ttype = self.get_type(record["type"])
+        self._append(path, State.RUNNING, message or "started", claim)
+        self._emit("started", type_id=claim.type_id, task_id=claim.task_id, key=claim.key, attempt=claim.attempt)
+        return StartedTask(record["type"], record["id"], ttype.handler, record["input"])
+
+    def note(self, claim: Claim, message: str, progress: float | None = None) -> None:
+        """Add a log message (and optionally a progress fraction 0..1) to a held task."""
+        if progress is not None and not 0.0 <= progress <= 1.0:
+            raise ValueError(f"progress must be a fraction between 0 and 1, not {progress!r}")
+        path = self._own_terminal(claim)
+        target = path[0] if path else self._claim_path(claim)[0]
+        self._append(target, None, str(message), claim, progress=progress)
+
+    def store_response(self, claim: Claim, response: str | bytes, mime_type: str = "text/xml") -> None:
+        """Store the task's response; allowed until and after this attempt ends it."""
+        if isinstance(response, str):
+            payload, kind = response.encode("utf-8"), "str"
+        elif isinstance(response, (bytes, bytearray, memoryview)):
+            payload, kind = bytes(response), "bytes"
+        else:
+            raise TypeError(f"response of task {claim} must be str or bytes, not {type(response).__name__}")
+        own = self._own_terminal(claim)
+        path = own[0] if own else self._claim_path(claim)[0]
+        meta = json.dumps({"mime": str(mime_type), "kind": kind}, separators=(",", ":"))
+        tmp = path / f".response~{secrets.token_hex(4)}"
+        try:
+            self._write_new(tmp, seal(RESPONSE_MAGIC, payload, meta))
+            os.replace(tmp, path / "response")  # same directory: fails if a reaper moved it meanwhile
+        except (FileNotFoundError, NotADirectoryError):
+            raise ClaimLost(f"task {claim} was taken from server {claim.server!r}; its response is discarded") from None
+
+    def finish(self, claim: Claim, message: str = "") -> None:
+        """End this attempt as FINISHED. :raises ClaimLost:"""
+        self._end(claim, State.FINISHED, message or "finished")
+
+    def fail(self, claim: Claim, message: str = "") -> None:
+        """End this attempt as FAILED. :raises ClaimLost:"""
+        self._end(claim, State.FAILED, message or "failed")
+
+    def finish_if_not_done(self, claim: Claim, message: str = "") -> bool:
+        """FINISHED unless this attempt already ended the task; return whether it changed anything."""
+        if self._own_terminal(claim) is not None:
+            return False
+        self.finish(claim, message)
+        return True
+
+    def ended(self, claim: Claim) -> State | None:
+        """The terminal state this attempt gave its task, if any."""
+        own = self._own_terminal(claim)
+        return own[1] if own else None
+
+    def _end(self, claim: Claim, state: State, message: str) -> None:
+        if self._own_terminal(claim) is not None:
+            raise ClaimLost(f"task {claim} already ended; a second terminal state is refused")
+        path, _ = self._claim_path(claim)
+        self._append(path, state, message, claim)
+        dest = self.path / _DIR_OF[state] / claim.key
+        try:
+            os.rename(path, dest)  # publish the end: fails if a reaper fenced the claim first
+        except FileNotFoundError:
+            # NFS may report ENOENT after success; a reaper that saw our entry completes the move too
+            if self._own_terminal(claim) is None:
+                raise ClaimLost(f"task {claim} was taken from server {claim.server!r}; its result is discarded") from None
+        self._emit(state.name.lower(), type_id=claim.type_id, task_id=claim.task_id, key=claim.key, message=message)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def abandon(self, claim: Claim, reason: str, *, count: bool = True) -> State | None:
+        """Take a held task back: re-enqueue it, or fail it when its restarts are used up.
+
+        ``count=False`` re-enqueues without counting a restart (a clean shutdown).
+        Return the state the task ends in, or None if it was no longer held.
+        """
+        try:
+            path, _ = self._claim_path(claim)
+        except ClaimLost:
+            return None
+        return self._reap(path, claim.key, reason, count=count)
+
+    def reenqueue_zombies(self, message: str = "") -> list[tuple[str, str, State]]:
+        """Re-enqueue (or fail, past ``maxrestart``) tasks held longer than their type's timeout."""
+        now = self.clock()
+        out = []
+        for state in (State.SCHEDULED, State.RUNNING):
+            base = self.path / _DIR_OF[state]
+            for server in _listdir(base):
+                for key in _listdir(base / server):
+                    path = base / server / key
+                    try:
+                        type_id, task_id = parse_key(key)
+                        timeout = self.get_type(type_id).timeout
+                    except (ValueError, UnknownTaskType):
+                        timeout = 3600.0
+                        type_id, task_id = key, key
+                    claimed = [r.time for r in self._journal(path) if r.state is State.SCHEDULED]
+                    since = claimed[-1] if claimed else _mtime(path, now)
+                    if now - since <= timeout:
+                        continue
+                    reason = message or f"abandoned: not finished within its timeout of {timeout:g} s on {server}"
+                    end = self._reap(path, key, reason, count=True)
+                    if end is not None:
+                        out.append((type_id, task_id, end))
+        return out
+
+    def _reap(self, path: Path, key: str, reason: str, *, count: bool) -> State | None:
+        grave = self.path / "tmp" / f"reap~{secrets.token_hex(4)}~{key}"
+        try:
+            os.rename(path, grave)  # fence: from now on the old holder's writes fail with ENOENT
+        except FileNotFoundError:
+            return None
+        return self._settle(grave, key, reason, count=count)
+
+    def _settle(self, grave: Path, key: str, reason: str, *, count: bool) -> State:
+        """Decide where a fenced task goes and move it there."""
+        journal = self._journal(grave)
+        type_id, task_id = parse_key(key)
+        attempt = sum(1 for r in journal if r.state is State.SCHEDULED)
+        last = [r for r in journal if r.state is not None]
+        if last and last[-1].state.terminal and last[-1].attempt == attempt:  # type: ignore[union-attr]
+            end = last[-1].state
+            assert end is not None
+            os.rename(grave, self.path / _DIR_OF[end] / key)  # its holder ended it and died before moving it
+            return end
+        try:
+            maxrestart = self.get_type(type_id).maxrestart
+        except UnknownTaskType:
+            maxrestart = 0
+        restarts = max((r.restart or 0 for r in journal), default=0)
+        if count and restarts >= maxrestart:
+            message = f"{reason}; restart limit of {maxrestart} used up, giving up"
+            self._append(grave, State.FAILED, message, None, attempt=attempt)
+            os.rename(grave, self.path / "failed" / key)
+            self._emit("failed", type_id=type_id, task_id=task_id, key=key, message=message)
+            return State.FAILED
+        restart = restarts + 1 if count else restarts
+        note = f"{reason}; re-enqueued (restart {restart} of {maxrestart})" if count else f"{reason}; re-enqueued"
+        self._append(grave, State.ENQUEUED, note, None, attempt=attempt, restart=restart)
+        os.rename(grave, self.path / "enqueued" / key)  # back under its old key: it keeps its place
+        self._emit("reenqueued", type_id=type_id, task_id=task_id, key=key, message=note)
+        return State.ENQUEUED
+
+    def recover(self, server: str, reason: str = "") -> list[tuple[str, str, State]]:
+        """Take back every task held by ``server`` (a daemon restarting with the same id)."""
+        out = []
+        for state in (State.SCHEDULED, State.RUNNING):
+            base = self.path / _DIR_OF[state] / server
+            for key in _listdir(base):
+                end = self._reap(base / key, key, reason or f"abandoned by an earlier run of {server}", count=True)
+                if end is not None:
+                    out.append((*parse_key(key), end))
+        return out
+
+    def delete_retired(self) -> list[tuple[str, str]]:
+        """Delete FINISHED and FAILED tasks older than their type's ``timeret`` (> 0)."""
+        now = self.clock()
+        out = []
+        for state in (State.FINISHED, State.FAILED):
+            base = self.path / _DIR_OF[state]
+            for key in _listdir(base):
+                try:
+                    type_id, task_id = parse_key(key)
+                    keep = self.get_type(type_id).timeret
+                except (ValueError, UnknownTaskType):
+                    continue
+                if keep <= 0:
+                    continue
+                ended = _mtime(base / key / "journal", None)
+                if ended is None or now - ended <= keep:
+                    continue
+                grave = self.path / "tmp" / f"del~{secrets.token_hex(4)}~{key}"
+                try:
+                    os.rename(base / key, grave)  # one winner when several sweepers retire at once
+                except FileNotFoundError:
+                    continue
+                self._bury(grave, key)
+                out.append((type_id, task_id))
+                self._emit("retired", type_id=type_id, task_id=task_id, key=key)
+        return out
+
+    def sweep_tmp(self, grace: float = TMP_GRACE) -> list[str]:
+        """Finish or undo what crashed processes left in ``tmp/`` more than ``grace`` seconds ago."""
+        now = time.time()
+        done = []
+        for entry in _listdir(self.path / "tmp"):
+            path = self.path / "tmp" / entry
+            age = now - _mtime(path, now)
+            if age < grace:
+                continue
+            kind, _, rest = entry.partition("~")
+            key = rest.partition("~")[2]
+            try:
+                if kind == "reap" and os.path.isdir(path):
+                    self._settle(path, key, "recovered after a crash during re-enqueue", count=False)
+                elif kind in ("del", "enq") and key:
+                    self._bury(path, key)
+                else:
+                    _remove(path)
+            except (OSError, ValueError, CorruptTaskFile) as exc:
+                log.warning("could not clean %s: %s", path, exc)
+                continue
+            done.append(entry)
+        # slots whose task left the queue without releasing them (a consumer crashed)
+        for n in _listdir(self.path / "slots"):
+            key = self._readlink(self.path / "slots" / n)
+            slot_age = now - _mtime(self.path / "slots" / n, now, follow=False)
+            if key and slot_age > grace and not (self.path / "enqueued" / key).exists():
+                self._unlink_if_points(self.path / "slots" / n, key)
+        return done
+
+    # ------------------------------------------------------------------ files inside a task
+
+    def _read_record(self, path: Path, key: str, *, quarantine: bool = True) -> dict[str, Any]:
+        file = path / "task"
+        try:
+            with open(file, "rb", opener=_nofollow) as f:
+                data = f.read()
+            payload, _ = unseal(TASK_MAGIC, data, file)
+            record = pickle.loads(payload)  # only after the checksum matched
+            if not isinstance(record, dict) or {"type", "id", "input", "enqueued"} - record.keys():
+                raise CorruptTaskFile(file, "record lacks type, id, input or enqueued")
+            if make_key(record["type"], record["id"], int(key[:16], 16)) != key:
+                raise CorruptTaskFile(file, "record does not belong to its directory name")
+            return record
+        except (CorruptTaskFile, OSError, pickle.UnpicklingError, ValueError, EOFError) as exc:
+            if isinstance(exc, FileNotFoundError) and not path.exists():
+                raise
+            err = exc if isinstance(exc, CorruptTaskFile) else CorruptTaskFile(file, str(exc))
+            if quarantine:
+                self._quarantine(path, err.reason)
+            raise err from None
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        name = f"{path.name[:200]}~{secrets.token_hex(4)}"
+        dest = self.path / "quarantine" / name
+        try:
+            os.rename(path, dest)  # aside in one step; a symlink is moved, never followed
+        except FileNotFoundError:
+            return
+        self._write_new(self.path / "quarantine" / f"{name}.reason", f"{path}: {reason}\n".encode())
+        log.error("quarantined %s: %s", path, reason)
+
+    def _append(
+        self,
+        path: Path,
+        state: State | None,
+        message: str,
+        claim: Claim | None,
+        *,
+        attempt: int | None = None,
+        progress: float | None = None,
+        restart: int | None = None,
+    ) -> None:
+        entry: dict[str, Any] = {"t": self.clock(), "s": int(state) if state else None, "m": message}
+        if claim is not None:
+            entry["srv"], entry["att"] = claim.server, claim.attempt
+        elif attempt is not None:
+            entry["att"] = attempt
+        if progress is not None:
+            entry["p"] = progress
+        if restart is not None:
+            entry["restart"] = restart
+        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        try:
+            # O_APPEND through the task directory's current path: ENOENT once a reaper moved it
+            fd = os.open(path / "journal", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o660)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ClaimLost(f"task {claim or path.name} was taken away; this change is discarded") from None
+        try:
+            os.write(fd, line)
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _journal(self, path: Path) -> list[LogRecord]:
+        try:
+            with open(path / "journal", "rb", opener=_nofollow) as f:
+                lines = f.read().splitlines()
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            return [LogRecord(time.time(), None, f"journal unreadable: {exc}")]
+        out = []
+        for raw in lines:
+            try:
+                e = json.loads(raw)
+                out.append(
+                    LogRecord(
+                        float(e["t"]),
+                        State(e["s"]) if e.get("s") is not None else None,
+                        str(e.get("m", "")),
+                        e.get("srv"),
+                        e.get("att"),
+                        float(e["p"]) if e.get("p") is not None else None,
+                        e.get("restart"),
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn or foreign line is skipped, never trusted
+        return out
+
+    def _emit(self, name: str, **info: Any) -> None:
+        if self.on_event is None:
+            return
+        try:
+            self.on_event(name, info)
+        except Exception:
+            log.exception("event observer failed on %s %s", name, info)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return [e for e in os.listdir(path) if not e.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _mtime(path: Path, default: Any, *, follow: bool = True) -> Any:
+    try:
+        return os.stat(path, follow_symlinks=follow).st_mtime
+    except OSError:
+        return default
+
+
+def _remove(path: Path) -> None:
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            raise
