@@ -13,6 +13,7 @@ A spool is a directory. ``ls`` it and you see::
     failed/<KEY>/               FAILED
     slots/<N>                   only with max_queue: symlink to the KEY holding slot N
     daemons/<SERVER>.json       each running daemon's heartbeat (JSON, rewritten by rename)
+    files/<TYPE>~<ID>/          files a task owns (hot-folder drop-ins), removed with the task
     tmp/                        private work: enq~, reap~, del~, set~ entries
     quarantine/<NAME>           files that failed validation, beside <NAME>.reason
 
@@ -330,7 +331,7 @@ def default_spool_path() -> Path:
 
 
 STATE_DIRS = ("enqueued", "scheduled", "running", "finished", "failed")
-SPOOL_DIRS = ("types", "ids", "slots", "tmp", "quarantine", "daemons", *STATE_DIRS)
+SPOOL_DIRS = ("types", "ids", "slots", "tmp", "quarantine", "daemons", "files", *STATE_DIRS)
 _DIR_OF = {
     State.ENQUEUED: "enqueued",
     State.SCHEDULED: "scheduled",
@@ -673,8 +674,39 @@ class Spool:
             if record.get("slot") is not None:
                 self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
         type_id, task_id = parse_key(key)
-        self._unlink_if_points(self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}", key)
+        name = f"{_encode(type_id)}~{_encode(task_id)}"
+        if self._readlink(self.path / "ids" / name) == key:  # files/ first: the id may be reused once ids/ is gone
+            _remove(self.path / "files" / name)
+        self._unlink_if_points(self.path / "ids" / name, key)
         _remove(grave)
+
+    def files_dir(self, type_id: str, task_id: str) -> Path:
+        """Where a task keeps files it owns (removed when the task is deleted or retired)."""
+        return self.path / "files" / f"{_encode(validate_id(type_id, 'task type'))}~{_encode(validate_id(task_id, 'task id'))}"
+
+    # ------------------------------------------------------------------ daemons
+
+    def beat(self, server: str, info: dict[str, Any]) -> None:
+        """Write daemon ``server``'s heartbeat (its info plus the time) to ``daemons/``."""
+        validate_id(server, "server id")
+        self._write_json(self.path / "daemons" / f"{_encode(server)}.json", {**info, "server": server, "beat": self.clock()})
+
+    def daemons(self) -> list[dict[str, Any]]:
+        """Heartbeats of the daemons that work or worked on this spool, newest first."""
+        out = []
+        for entry in _listdir(self.path / "daemons"):
+            try:
+                with open(self.path / "daemons" / entry, "rb", opener=_nofollow) as f:
+                    data = json.load(f)
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                out.append(data)
+        return sorted(out, key=lambda d: -float(d.get("beat", 0)))
+
+    def forget_daemon(self, server: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path / "daemons" / f"{_encode(server)}.json")
 
     def tasks(self, state: State | None = None, type_id: str | None = None) -> Iterator[TaskInfo]:
         """Every task (optionally of one state and type), oldest first within a state."""
