@@ -1,0 +1,551 @@
+"""The ATP daemon: observer -> wake-up -> worker pool -> sweep, until told to stop.
+
+One main process and ``workers`` worker processes. The main process alone
+claims tasks and hands each claim to an idle worker over a pipe; a worker
+runs the guide's consumer body (start, handler, finish) and reports back. So
+the main process always knows which attempt runs where and since when, and
+can kill a worker whose attempt ran past its type's timeout before it gives
+the task back: a re-enqueue never overlaps a still-running attempt of this
+daemon. A handler that crashes, leaks or calls ``os._exit`` takes down only
+its worker, which is replaced.
+
+Wake-up: a watchdog observer on ``enqueued/`` and ``drop/`` only writes a
+byte to a pipe the main loop waits on (no task runs on the observer thread).
+A rescan every ``rescan`` seconds backs it up, because inotify can drop
+events and sees nothing another host does; on a network file system the
+daemon polls instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import random
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from spoolatp import dropin, plugins
+from spoolatp.errors import ClaimLost, CorruptTaskFile, HandlerNotFound, QueueEmpty, SpoolError, UnknownTaskType
+from spoolatp.spool import Claim, Spool, State
+
+log = logging.getLogger(__name__)
+
+#: file systems on which inotify sees nothing that other hosts do
+NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs", "fuse.sshfs", "9p", "lustre"}
+
+
+def default_server_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def filesystem_of(path: Path) -> str:
+    """The type of the file system ``path`` lives on, from /proc/mounts ('' if unknown)."""
+    best, kind = "", ""
+    real = os.path.realpath(path)
+    with contextlib.suppress(OSError), open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                mount = parts[1].replace("\\040", " ")
+                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+                    best, kind = mount, parts[2]
+    return kind
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, spool_path: str) -> None:
+    """Run claims sent by the main process until it sends None or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    spool = Spool(spool_path, on_event=plugins.notify)
+    while True:
+        try:
+            claim = conn.recv()
+        except (EOFError, OSError):
+            return
+        if claim is None:
+            return
+        conn.send(run_claim(spool, claim))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this worker when its parent (the fork server) dies.
+
+    The fork server exits when the daemon dies, even by ``kill -9``; without
+    this a worker would go on running a task whose claim a restarted daemon
+    or another host is about to take back.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def run_claim(spool: Spool, claim: Claim) -> tuple[str, str]:
+    """The guide's consumer body for one claim; return ``(outcome, detail)``.
+
+    outcome is a state name, ``"lost"`` (the claim was taken away) or
+    ``"unrunnable"`` (the handler is not installed here).
+    """
+    from spoolatp.tracker import TaskStatus  # the handler's view of its task
+
+    status = TaskStatus(claim)
+    try:
+        _, _, handler_name, inputs = spool.start(claim)
+        try:
+            handler = plugins.load_handler(handler_name)
+        except HandlerNotFound as exc:
+            spool.abandon(claim, f"not runnable on {socket.gethostname()}: {exc}", count=False)
+            return "unrunnable", claim.type_id
+        handler(status, inputs)
+        spool.finish_if_not_done(claim)
+    except ClaimLost as exc:
+        return "lost", str(exc)
+    except CorruptTaskFile as exc:
+        return "corrupt", str(exc)
+    except Exception as exc:
+        detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}".strip()
+        try:
+            if spool.ended(claim) is None:
+                spool.fail(claim, detail)
+            else:
+                spool.note(claim, f"handler raised after the task ended: {detail}")
+        except ClaimLost as lost:
+            return "lost", str(lost)
+    return (spool.ended(claim) or State.FAILED).name, ""
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: multiprocessing.connection.Connection
+    claim: Claim | None = None
+    started: float = 0.0
+    deadline: float = float("inf")
+    done: int = 0
+
+
+# --------------------------------------------------------------------------- observer
+
+
+class _ArrivalEmitterMixin:
+    """Ask inotify for arrivals only.
+
+    watchdog holds every IN_MOVED_FROM for half a second to pair it with an
+    IN_MOVED_TO, and its queue delivers nothing behind a held event. Each
+    claim moves a task *out* of enqueued/, so a naive watch delays the next
+    arrival by up to 0.5 s. Arrivals are IN_MOVED_TO and IN_CREATE; leaving
+    IN_MOVED_FROM out of the mask keeps the queue free.
+    """
+
+    def get_event_mask_from_filter(self) -> int:
+        from watchdog.observers.inotify_c import InotifyConstants as C
+
+        return int(C.IN_MOVED_TO | C.IN_CREATE | C.IN_CLOSE_WRITE | C.IN_DELETE_SELF)
+
+
+def _make_observer(poll: float | None) -> BaseObserver:
+    if poll is not None:
+        return PollingObserver(timeout=poll)
+    try:
+        from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
+        from watchdog.observers.inotify_c import InotifyFD
+    except ImportError:  # not Linux: watchdog's platform default, delays and all
+        from watchdog.observers import Observer
+
+        return Observer()
+
+    class ArrivalEmitter(_ArrivalEmitterMixin, InotifyEmitter):
+        pass
+
+    class ArrivalObserver(InotifyObserver):
+        def __init__(self) -> None:
+            self._inotify_fd = InotifyFD()
+            self._inotify_fd.start()
+            BaseObserver.__init__(self, ArrivalEmitter, inotify_fd=self._inotify_fd)
+
+    return ArrivalObserver()
+
+
+class _Doorbell(FileSystemEventHandler):
+    """Turns file-system events into one byte on the main loop's wake-up pipe."""
+
+    def __init__(self, ring: Callable[[], None]) -> None:
+        self.ring = ring
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        self.ring()
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+@dataclass
+class Daemon:
+    """Runs tasks of a spool in worker processes until stopped.
+
+    :param poll: poll the file system every ``poll`` seconds instead of inotify
+        (chosen automatically on a network file system).
+    :param grace: seconds running tasks get to finish after SIGTERM/SIGINT.
+    :param sweep_interval: mean seconds between maintenance sweeps (jittered).
+    :param heartbeat: seconds between heartbeats in ``daemons/``.
+    :param dead_after: a daemon whose heartbeat is older than this is presumed
+        dead and its tasks are re-enqueued by a sweep.
+    :param burst: drain the queue and return instead of waiting for more.
+    """
+
+    spool: Spool | str | os.PathLike[str]
+    server_id: str | None = None
+    workers: int | None = None
+    max_tasks_per_worker: int | None = None
+    poll: float | None = None
+    grace: float = 30.0
+    sweep_interval: float = 30.0
+    heartbeat: float = 5.0
+    dead_after: float = 60.0
+    rescan: float = 2.0
+    burst: bool = False
+    _pool: list[_Worker] = field(default_factory=list, init=False, repr=False)
+    _stop: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        path = self.spool.path if isinstance(self.spool, Spool) else Path(self.spool)
+        self.spool = Spool(path, on_event=plugins.notify)
+        self.server_id = self.server_id or default_server_id()
+        self.workers = self.workers or os.cpu_count() or 1
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.max_tasks_per_worker is not None and self.max_tasks_per_worker < 1:
+            raise ValueError(f"max_tasks_per_worker must be at least 1, not {self.max_tasks_per_worker}")
+        self.log = logging.LoggerAdapter(log, {"server": self.server_id})
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._unrunnable: set[str] = set()
+        self._reported: set[str] = set()
+        self._started = time.time()
+
+    @property
+    def _spool(self) -> Spool:
+        assert isinstance(self.spool, Spool)
+        return self.spool
+
+    def _info(self, msg: str, *args: Any) -> None:
+        self.log.info("[%s] " + msg, self.server_id, *args)
+
+    def _warn(self, msg: str, *args: Any) -> None:
+        self.log.warning("[%s] " + msg, self.server_id, *args)
+
+    # ------------------------------------------------------------------ control
+
+    def ring(self) -> None:
+        """Wake the main loop (safe from any thread and from signal handlers)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._wake_w, b"\0")
+
+    def request_stop(self, *, now: bool = False) -> None:
+        """Stop claiming and finish (``now``: kill running tasks and give them back)."""
+        self._stop = max(self._stop, 2 if now else 1)
+        self.ring()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop += 1  # the first signal drains, a second one stops at once
+        self.ring()
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        """Serve the spool until stopped (or, in burst mode, until the queue is empty); return 0."""
+        spool = self._spool
+        fs = filesystem_of(spool.path)
+        poll = self.poll
+        if poll is None and fs in NETWORK_FS:
+            poll = min(self.rescan, 1.0)
+            self._warn("spool %s is on a network file system (%s): inotify sees nothing other hosts do; polling every %g s", spool.path, fs, poll)
+        self._info(
+            "serving spool %s (%s) with %d workers%s", spool.path, fs or "unknown fs", self.workers, " in burst mode" if self.burst else ""
+        )
+        multiprocessing.set_forkserver_preload(["spoolatp.daemon", "spoolatp.tracker", "spoolatp.plugins"])
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        observer = _make_observer(poll)
+        doorbell = _Doorbell(self.ring)
+        observer.schedule(doorbell, str(spool.path / "enqueued"), recursive=False)
+        (spool.path / "drop").mkdir(exist_ok=True)
+        observer.schedule(doorbell, str(spool.path / "drop"), recursive=True)
+        observer.start()
+        try:
+            for t, i, st in spool.recover(self.server_id):
+                self._info("task %s/%s left by an earlier run of this server: %s", t, i, st.name)
+            for _ in range(self.workers):
+                self._spawn()
+            self._loop(poll)
+        finally:
+            observer.stop()
+            self._shutdown()
+            observer.join(timeout=5)
+            for s, h in old.items():
+                signal.signal(s, h)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        self._info("stopped")
+        return 0
+
+    def _loop(self, poll: float | None) -> None:
+        spool = self._spool
+        rescan = poll if poll is not None else self.rescan
+        next_sweep = time.monotonic()  # sweep at once: drop-ins and zombies left while we were down
+        next_beat = 0.0
+        next_scan = 0.0
+        want_claim = True
+        drain_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if self._stop >= 2:
+                return
+            if self._stop == 1 and drain_until is None:
+                drain_until = now + self.grace
+                self._info("stopping: no new claims; %d running tasks get %g s to finish", self._busy(), self.grace)
+            if drain_until is not None and (not self._busy() or now >= drain_until):
+                return
+            if now >= next_sweep:
+                self._sweep()
+                next_sweep = now + self.sweep_interval * random.uniform(0.8, 1.2)
+                want_claim = True
+            if now >= next_beat:
+                self._beat()
+                next_beat = now + self.heartbeat
+            if now >= next_scan:
+                want_claim = True
+                next_scan = now + rescan
+            if want_claim and not self._stop:
+                want_claim = self._dispatch()
+            if self.burst and not want_claim and not self._busy():
+                self._sweep()
+                if not self._dispatch() and not self._busy():
+                    return
+            deadline = min(
+                [w.deadline for w in self._pool] + [next_sweep, next_beat, next_scan] + ([drain_until] if drain_until else [])
+            )
+            timeout = max(0.0, deadline - time.monotonic())
+            waitables: list[Any] = [self._wake_r]
+            for w in self._pool:
+                waitables += [w.conn, w.process.sentinel]
+            ready = multiprocessing.connection.wait(waitables, timeout)
+            if self._wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                want_claim = True
+            for w in list(self._pool):
+                if w.conn in ready:
+                    want_claim |= self._collect(w)
+                if w.process.sentinel in ready and w in self._pool:
+                    self._bury(w)
+                    want_claim = True
+            self._enforce_timeouts()
+
+    # ------------------------------------------------------------------ claiming
+
+    def _accept(self, type_id: str) -> bool:
+        if type_id in self._unrunnable:
+            return False
+        try:
+            handler = self._spool.get_type(type_id).handler
+        except (UnknownTaskType, ValueError):
+            return False
+        if plugins.can_run(handler):
+            return True
+        if type_id not in self._reported:
+            self._reported.add(type_id)
+            self._warn("tasks of type %r wait: no handler %r is installed on this host", type_id, handler)
+        return False
+
+    def _dispatch(self) -> bool:
+        """Claim a task for each idle worker; return whether more may be waiting."""
+        idle = [w for w in self._pool if w.claim is None and w.process.is_alive()]
+        if not idle:
+            return True
+        try:
+            claims = self._spool.claim(self.server_id, accept=self._accept, limit=len(idle))
+        except QueueEmpty:
+            return False
+        except OSError as exc:
+            self._warn("could not claim from %s: %s (will retry)", self._spool.path, exc)
+            return False
+        for w, claim in zip(idle, claims):
+            try:
+                timeout = self._spool.get_type(claim.type_id).timeout
+            except UnknownTaskType:
+                timeout = 3600.0
+            w.claim, w.started = claim, time.monotonic()
+            w.deadline = w.started + timeout
+            try:
+                w.conn.send(claim)
+            except OSError:  # the worker died between the check and the send; its sentinel says so
+                pass
+        return len(claims) == len(idle)
+
+    def _busy(self) -> int:
+        return sum(1 for w in self._pool if w.claim is not None)
+
+    # ------------------------------------------------------------------ workers
+
+    def _spawn(self) -> None:
+        parent, child = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=_worker_main, args=(child, str(self._spool.path)), name=f"spoolatp-worker-{self.server_id}", daemon=True
+        )
+        process.start()
+        child.close()
+        self._pool.append(_Worker(process, parent))
+
+    def _collect(self, w: _Worker) -> bool:
+        try:
+            outcome, detail = w.conn.recv()
+        except (EOFError, OSError):
+            return False  # the worker died; its sentinel will tell
+        claim, w.claim, w.deadline = w.claim, None, float("inf")
+        w.done += 1
+        if claim is not None:
+            took = time.monotonic() - w.started
+            if outcome == "unrunnable":
+                self._unrunnable.add(detail)
+                self._warn("type %r cannot run here (handler not found); task %s given back", detail, claim)
+            elif outcome == "lost":
+                self._warn("task %s: result discarded, the claim was taken away (%s)", claim, detail)
+            else:
+                self._info("task %s/%s attempt %d %s in %.3f s", claim.type_id, claim.task_id, claim.attempt, outcome, took)
+        if self.max_tasks_per_worker and w.done >= self.max_tasks_per_worker:
+            self._retire(w)
+            self._spawn()
+        return True
+
+    def _retire(self, w: _Worker) -> None:
+        with contextlib.suppress(OSError):
+            w.conn.send(None)
+        w.process.join(timeout=5)
+        if w.process.is_alive():
+            w.process.kill()
+            w.process.join()
+        w.conn.close()
+        self._pool.remove(w)
+
+    def _bury(self, w: _Worker) -> None:
+        """A worker died: fail the attempt it was running, and replace it."""
+        w.process.join(timeout=1)
+        self._pool.remove(w)
+        w.conn.close()
+        code = w.process.exitcode
+        cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with status {code}"
+        if w.claim is not None:
+            claim = w.claim
+            try:
+                if self._spool.ended(claim) is None:
+                    self._spool.fail(claim, f"worker process {w.process.pid} {cause} while running the handler")
+                self._warn("task %s: worker %s %s; attempt failed", claim, w.process.pid, cause)
+            except ClaimLost:
+                pass
+            except OSError as exc:
+                self._warn("task %s: could not record the worker's death: %s", claim, exc)
+        if not self._stop:
+            self._spawn()
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        for w in list(self._pool):
+            if w.claim is None or now < w.deadline:
+                continue
+            claim = w.claim
+            w.process.kill()  # SIGKILL: a handler past its time limit does not get to decide
+            w.process.join()
+            self._pool.remove(w)
+            w.conn.close()
+            limit = w.deadline - w.started
+            try:
+                end = self._spool.abandon(claim, f"killed after running past its timeout of {limit:g} s", count=True)
+                self._warn("task %s ran past its timeout of %g s: killed, now %s", claim, limit, end.name if end else "gone")
+            except OSError as exc:
+                self._warn("task %s: could not give it back after its timeout: %s", claim, exc)
+            if not self._stop:
+                self._spawn()
+
+    def _shutdown(self) -> None:
+        for w in list(self._pool):
+            if w.claim is not None:
+                w.process.kill()
+                w.process.join()
+                with contextlib.suppress(OSError, SpoolError):
+                    self._spool.abandon(w.claim, f"daemon {self.server_id} stopped before it finished", count=False)
+                    self._info("task %s given back to the queue", w.claim)
+                w.claim = None
+        for w in list(self._pool):
+            self._retire(w)
+        with contextlib.suppress(OSError):
+            self._beat(stopped=True)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def _beat(self, *, stopped: bool = False) -> None:
+        running = [w.claim.key for w in self._pool if w.claim is not None]
+        info = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "workers": self.workers,
+            "running": running,
+            "started": self._started,
+            "state": "stopped" if stopped else "running",
+        }
+        try:
+            assert self.server_id is not None
+            self._spool.beat(self.server_id, info)
+        except OSError as exc:
+            self._warn("could not write heartbeat: %s", exc)
+
+    def _sweep(self) -> None:
+        """One maintenance pass; safe while other daemons sweep the same spool."""
+        spool = self._spool
+        try:
+            for t, i, st in spool.reenqueue_zombies():
+                self._info("abandoned task %s/%s: %s", t, i, st.name)
+            self._reap_dead_daemons()
+            for t, i in spool.delete_retired():
+                self._info("retired task %s/%s deleted", t, i)
+            spool.sweep_tmp()
+            dropin.ingest(spool)
+        except (OSError, SpoolError) as exc:
+            self._warn("sweep of %s failed: %s (will retry)", spool.path, exc)
+
+    def _reap_dead_daemons(self) -> None:
+        """Re-enqueue the tasks of daemons whose heartbeat stopped ``dead_after`` seconds ago."""
+        spool = self._spool
+        now = spool.clock()
+        for beat in spool.daemons():
+            server = str(beat.get("server", ""))
+            if not server or server == self.server_id:
+                continue
+            age = now - float(beat.get("beat", now))
+            if beat.get("state") == "stopped" or age <= self.dead_after:
+                continue
+            for t, i, st in spool.recover(server, f"daemon {server} presumed dead (no heartbeat for {age:.0f} s)"):
+                self._info("task %s/%s of dead daemon %s: %s", t, i, server, st.name)

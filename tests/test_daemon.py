@@ -1,0 +1,302 @@
+"""The daemon, run for real: `python -m spoolatp daemon` subprocesses against real spools."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from spoolatp import Spool, State
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def start_daemon(spool: Spool, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "spoolatp", "--spool", str(spool.path), "daemon", "--log-level", "INFO", *args]
+    with open(log or spool.path.parent / "daemon.log", "ab") as out:  # the child keeps its own descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    return proc.wait(timeout)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 60, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def terminal_entries(spool: Spool, t: str, i: str) -> list[State]:
+    return [r.state for r in spool.log(t, i) if r.state is not None and r.state.terminal]
+
+
+def all_terminal(spool: Spool, n: int) -> Callable[[], bool]:
+    def check() -> bool:
+        c = spool.counts()
+        return c["FINISHED"] + c["FAILED"] == n
+
+    return check
+
+
+def marker_counts(path: Path) -> Counter[str]:
+    if not path.exists():
+        return Counter()
+    return Counter(line.split()[0] for line in path.read_text().splitlines() if line.strip())
+
+
+def test_guide_flow_runs_sequence_sum_through_a_real_daemon(tmp_path: Path, daemons: list[subprocess.Popen[bytes]]) -> None:
+    spool = Spool(tmp_path / "spool")
+    daemons.append(start_daemon(spool, "--workers", "1"))
+    producer = tmp_path / "producer.py"
+    producer.write_text(
+        "import time\n"
+        "from spoolatp.tracker import registerTaskType, enqueueTask, QueueFull, getTaskStatusByIdentifier,"
+        " getTaskResponse, deleteTaskByIdentifier, getTaskLog\n"
+        "registerTaskType('SequenceSum', 'sequence_sum', 60, 600, 3)\n"
+        "while True:\n"
+        "    try:\n"
+        "        enqueueTask('SequenceSum', 'Task001', (1, 2, 3, 4, 5))\n"
+        "        break\n"
+        "    except QueueFull:\n"
+        "        time.sleep(5)\n"
+        "while True:\n"
+        "    status = getTaskStatusByIdentifier('SequenceSum', 'Task001')\n"
+        "    print(time.asctime(), 'Status: ', status[1])\n"
+        "    if status[1] in ('FINISHED', 'FAILED'): break\n"
+        "    time.sleep(0.1)\n"
+        "print('Processing history:')\n"
+        "for rec in getTaskLog('SequenceSum', 'Task001'):\n"
+        "    print('-', rec[0], 'Status: ', rec[1][1], '\\t', rec[2])\n"
+        "if status[1] == 'FINISHED':\n"
+        "    print('Result: ', getTaskResponse('SequenceSum', 'Task001'))\n"
+        "deleteTaskByIdentifier('SequenceSum', 'Task001')\n"
+    )
+    env = {**os.environ, "SPOOLATP_SPOOL": str(spool.path)}
+    out = subprocess.run([sys.executable, str(producer)], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Result:  ('15.0', 'text/xml')" in out.stdout
+    for state in ("ENQUEUED", "SCHEDULED", "RUNNING", "FINISHED"):
+        assert f"Status:  {state}" in out.stdout
+    assert stop(daemons[0]) == 0
+    assert spool.counts() == {s.name: 0 for s in State}
+
+
+def test_thousand_tasks_through_four_workers_each_run_exactly_once(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    marker = tmp_path / "ran.txt"
+    spool.register_type("Mark", "testing.marker", timeout=60)
+    for n in range(1000):
+        spool.enqueue("Mark", f"t{n:04d}", {"path": str(marker)})
+    daemons.append(start_daemon(spool, "--workers", "4"))
+    wait_for(all_terminal(spool, 1000), 120, "1000 tasks to end")
+    assert stop(daemons[0]) == 0
+    assert spool.counts()["FINISHED"] == 1000
+    ran = marker_counts(marker)
+    assert len(ran) == 1000 and set(ran.values()) == {1}
+
+
+def test_hanging_handler_is_killed_at_timeout_retried_up_to_maxrestart_then_failed(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Hang", "testing.hang", timeout=0.5, maxrestart=2)
+    spool.register_type("Echo", "testing.echo")
+    spool.enqueue("Hang", "h1", None)
+    daemons.append(start_daemon(spool, "--workers", "1"))
+    wait_for(lambda: spool.status("Hang", "h1") is State.FAILED, 60, "the hanging task to fail")
+    log = spool.log("Hang", "h1")
+    kills = [r for r in log if "timeout" in r.message and "killed" in r.message]
+    assert len(kills) == 3  # the first attempt and two restarts
+    assert "restart limit of 2 used up" in log[-1].message
+    assert sum(1 for r in log if r.state is State.RUNNING) == 3
+    # the daemon goes on serving
+    spool.enqueue("Echo", "after", "hello")
+    wait_for(lambda: spool.status("Echo", "after") is State.FINISHED, 30, "the next task")
+    assert stop(daemons[0]) == 0
+
+
+def test_handler_exiting_abruptly_fails_cleanly_and_the_daemon_goes_on(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Exit", "testing.exit", maxrestart=0)
+    spool.register_type("Raise", "testing.raise")
+    spool.register_type("Echo", "testing.echo")
+    spool.enqueue("Exit", "e1", 7)
+    spool.enqueue("Raise", "r1", "boom from the handler")
+    daemons.append(start_daemon(spool, "--workers", "1"))
+    wait_for(lambda: spool.status("Exit", "e1").terminal and spool.status("Raise", "r1").terminal, 30, "both to end")
+    assert spool.status("Exit", "e1") is State.FAILED
+    assert "exited with status 7" in spool.log("Exit", "e1")[-1].message
+    assert spool.status("Raise", "r1") is State.FAILED
+    assert "boom from the handler" in spool.log("Raise", "r1")[-1].message
+    assert "Traceback" in spool.log("Raise", "r1")[-1].message
+    spool.enqueue("Echo", "after", [1, 2])
+    wait_for(lambda: spool.status("Echo", "after") is State.FINISHED, 30, "the next task")
+    assert daemons[0].poll() is None
+    assert stop(daemons[0]) == 0
+
+
+def test_kill_9_mid_run_then_restart_loses_nothing_and_finishes_nothing_twice(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    marker = tmp_path / "ran.txt"
+    spool.register_type("Mark", "testing.marker", timeout=60, maxrestart=5)
+    for n in range(200):
+        spool.enqueue("Mark", f"t{n:03d}", {"path": str(marker), "sleep": 0.01})
+    first = start_daemon(spool, "--workers", "2", "--server-id", "box")
+    daemons.append(first)
+    wait_for(lambda: len(marker_counts(marker)) >= 40, 60, "some tasks to run")
+    first.kill()
+    first.wait(10)
+    assert spool.counts()["FINISHED"] < 200
+    daemons.append(start_daemon(spool, "--workers", "2", "--server-id", "box"))
+    wait_for(all_terminal(spool, 200), 120, "all tasks to end after the restart")
+    assert stop(daemons[1]) == 0
+    assert spool.counts()["FINISHED"] == 200
+    for n in range(200):
+        assert terminal_entries(spool, "Mark", f"t{n:03d}") == [State.FINISHED]
+    assert set(marker_counts(marker)) == {f"Mark/t{n:03d}" for n in range(200)}
+
+
+def test_sigterm_during_work_gives_running_tasks_back_without_counting_an_attempt(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Sleep", "testing.sleep", timeout=60, maxrestart=0)
+    for n in range(4):
+        spool.enqueue("Sleep", f"s{n}", 30)
+    d = start_daemon(spool, "--workers", "2", "--grace", "0.5")
+    daemons.append(d)
+    wait_for(lambda: spool.counts()["RUNNING"] == 2, 30, "two tasks running")
+    assert stop(d) == 0
+    assert spool.counts()["ENQUEUED"] == 4  # nothing lost, nothing failed although maxrestart is 0
+    for info in spool.tasks(State.ENQUEUED):
+        assert info.restarts == 0
+
+
+def test_second_signal_stops_at_once(tmp_path: Path, daemons: list[subprocess.Popen[bytes]]) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Sleep", "testing.sleep", timeout=60)
+    spool.enqueue("Sleep", "s", 30)
+    d = start_daemon(spool, "--workers", "1", "--grace", "60")
+    daemons.append(d)
+    wait_for(lambda: spool.counts()["RUNNING"] == 1, 30, "the task to run")
+    d.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    assert d.poll() is None  # draining within its 60 s grace
+    d.send_signal(signal.SIGINT)
+    assert d.wait(15) == 0
+    assert spool.status("Sleep", "s") is State.ENQUEUED
+
+
+def test_two_daemons_share_the_work_without_running_any_task_twice(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    marker = tmp_path / "ran.txt"
+    spool.register_type("Mark", "testing.marker", timeout=60)
+    for n in range(400):
+        spool.enqueue("Mark", f"t{n:03d}", {"path": str(marker), "sleep": 0.005})
+    daemons.append(start_daemon(spool, "--workers", "2", "--server-id", "a"))
+    daemons.append(start_daemon(spool, "--workers", "2", "--server-id", "b"))
+    wait_for(all_terminal(spool, 400), 120, "all tasks to end")
+    assert stop(daemons[0]) == 0 and stop(daemons[1]) == 0
+    ran = marker_counts(marker)
+    assert len(ran) == 400 and set(ran.values()) == {1}
+    servers = Counter(
+        r.server for info in spool.tasks(State.FINISHED) for r in spool.log("Mark", info.task_id) if r.state is State.FINISHED
+    )
+    assert set(servers) == {"a", "b"}
+
+
+def test_burst_mode_drains_the_queue_and_exits_zero(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Echo", "testing.echo")
+    for n in range(50):
+        spool.enqueue("Echo", f"e{n}", n)
+    proc = start_daemon(spool, "--workers", "2", "--burst")
+    assert proc.wait(60) == 0
+    assert spool.counts()["FINISHED"] == 50
+    assert spool.response("Echo", "e7")[0] == "7"
+
+
+def test_tasks_nobody_can_run_stay_enqueued_and_are_reported_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Alien", "no.such.handler")
+    spool.register_type("Echo", "testing.echo")
+    for n in range(3):
+        spool.enqueue("Alien", f"a{n}", n)
+    spool.enqueue("Echo", "e", 1)
+    log = tmp_path / "d.log"
+    proc = start_daemon(spool, "--workers", "1", "--burst", log=log)
+    assert proc.wait(60) == 0
+    assert spool.status("Echo", "e") is State.FINISHED
+    assert [spool.status("Alien", f"a{n}") for n in range(3)] == [State.ENQUEUED] * 3
+    text = log.read_text()
+    assert text.count("no handler 'no.such.handler' is installed") == 1
+
+
+def test_progress_and_log_calls_appear_while_the_task_runs(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Sleep", "testing.sleep", timeout=60)
+    spool.enqueue("Sleep", "s", {"seconds": 3, "steps": 6})
+    daemons.append(start_daemon(spool, "--workers", "1"))
+    wait_for(lambda: (spool.info("Sleep", "s").progress or 0) > 0, 30, "progress to be reported")
+    assert spool.status("Sleep", "s") is State.RUNNING
+    wait_for(lambda: spool.status("Sleep", "s") is State.FINISHED, 30, "the task to finish")
+    assert spool.info("Sleep", "s").progress == pytest.approx(1.0)
+    assert stop(daemons[0]) == 0
+
+
+def test_dead_daemon_tasks_are_rerun_by_another_after_its_heartbeat_stops(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Sleep", "testing.sleep", timeout=3600, maxrestart=3)
+    spool.enqueue("Sleep", "s", 20)
+    a = start_daemon(spool, "--workers", "1", "--server-id", "a", "--heartbeat", "0.2")
+    daemons.append(a)
+    wait_for(lambda: spool.counts()["RUNNING"] == 1, 30, "the task to run on a")
+    wait_for(lambda: json.loads((spool.path / "daemons" / "a.json").read_text())["running"], 10, "a heartbeat")
+    beat = json.loads((spool.path / "daemons" / "a.json").read_text())
+    assert beat["server"] == "a" and beat["host"] and beat["workers"] == 1
+    a.kill()
+    a.wait(10)
+    b = start_daemon(
+        spool, "--workers", "1", "--server-id", "b", "--heartbeat", "0.2", "--dead-after", "1", "--sweep-interval", "0.5"
+    )
+    daemons.append(b)
+    wait_for(lambda: any(r.server == "b" and r.state is State.RUNNING for r in spool.log("Sleep", "s")), 30, "b to take over")
+    log = spool.log("Sleep", "s")
+    assert any("daemon a presumed dead" in r.message for r in log)
+    assert stop(b) == 0
