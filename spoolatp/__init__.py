@@ -14,6 +14,7 @@ from spoolatp.errors import (
     TaskNotFound,
     UnknownTaskType,
 )
+from spoolatp.plugins import hookimpl
 from spoolatp.spool import Claim, LogRecord, Spool, StartedTask, State, TaskInfo, TaskType
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "TaskNotFound",
     "TaskType",
     "UnknownTaskType",
+    "hookimpl",
 ]
