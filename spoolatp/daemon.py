@@ -29,7 +29,7 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
@@ -41,12 +41,24 @@ from watchdog.observers.polling import PollingObserver
 
 from spoolatp import dropin, plugins
 from spoolatp.errors import ClaimLost, CorruptTaskFile, HandlerNotFound, QueueEmpty, SpoolError, UnknownTaskType
-from spoolatp.spool import Claim, Spool, State
+from spoolatp.spool import Claim, Spool, State, validate_id
 
 log = logging.getLogger(__name__)
 
 #: file systems on which inotify sees nothing that other hosts do
-NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "fuse.glusterfs", "fuse.sshfs", "9p", "lustre"}
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "ceph",
+    "glusterfs",
+    "fuse.glusterfs",
+    "fuse.sshfs",
+    "9p",
+    "lustre",
+}
 
 
 def default_server_id() -> str:
@@ -149,35 +161,30 @@ class _Worker:
 # --------------------------------------------------------------------------- observer
 
 
-class _ArrivalEmitterMixin:
-    """Ask inotify for arrivals only.
-
-    watchdog holds every IN_MOVED_FROM for half a second to pair it with an
-    IN_MOVED_TO, and its queue delivers nothing behind a held event. Each
-    claim moves a task *out* of enqueued/, so a naive watch delays the next
-    arrival by up to 0.5 s. Arrivals are IN_MOVED_TO and IN_CREATE; leaving
-    IN_MOVED_FROM out of the mask keeps the queue free.
-    """
-
-    def get_event_mask_from_filter(self) -> int:
-        from watchdog.observers.inotify_c import InotifyConstants as C
-
-        return int(C.IN_MOVED_TO | C.IN_CREATE | C.IN_CLOSE_WRITE | C.IN_DELETE_SELF)
-
-
 def _make_observer(poll: float | None) -> BaseObserver:
     if poll is not None:
         return PollingObserver(timeout=poll)
     try:
         from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
-        from watchdog.observers.inotify_c import InotifyFD
+        from watchdog.observers.inotify_c import InotifyConstants, InotifyFD, Mask
     except ImportError:  # not Linux: watchdog's platform default, delays and all
         from watchdog.observers import Observer
 
         return Observer()
 
-    class ArrivalEmitter(_ArrivalEmitterMixin, InotifyEmitter):
-        pass
+    class ArrivalEmitter(InotifyEmitter):
+        """Ask inotify for arrivals only.
+
+        watchdog holds every IN_MOVED_FROM for half a second to pair it with an
+        IN_MOVED_TO, and its queue delivers nothing behind a held event. Each
+        claim moves a task *out* of enqueued/, so a naive watch delays the next
+        arrival by up to 0.5 s. Arrivals are IN_MOVED_TO and IN_CREATE; leaving
+        IN_MOVED_FROM out of the mask keeps the queue free.
+        """
+
+        def get_event_mask_from_filter(self) -> Mask:
+            c = InotifyConstants
+            return Mask(c.IN_MOVED_TO | c.IN_CREATE | c.IN_CLOSE_WRITE | c.IN_DELETE_SELF)
 
     class ArrivalObserver(InotifyObserver):
         def __init__(self) -> None:
@@ -201,7 +208,6 @@ class _Doorbell(FileSystemEventHandler):
 # --------------------------------------------------------------------------- the daemon
 
 
-@dataclass
 class Daemon:
     """Runs tasks of a spool in worker processes until stopped.
 
@@ -212,45 +218,51 @@ class Daemon:
     :param heartbeat: seconds between heartbeats in ``daemons/``.
     :param dead_after: a daemon whose heartbeat is older than this is presumed
         dead and its tasks are re-enqueued by a sweep.
+    :param rescan: seconds between rescans of the queue that back up inotify.
     :param burst: drain the queue and return instead of waiting for more.
     """
 
-    spool: Spool | str | os.PathLike[str]
-    server_id: str | None = None
-    workers: int | None = None
-    max_tasks_per_worker: int | None = None
-    poll: float | None = None
-    grace: float = 30.0
-    sweep_interval: float = 30.0
-    heartbeat: float = 5.0
-    dead_after: float = 60.0
-    rescan: float = 2.0
-    burst: bool = False
-    _pool: list[_Worker] = field(default_factory=list, init=False, repr=False)
-    _stop: int = field(default=0, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        path = self.spool.path if isinstance(self.spool, Spool) else Path(self.spool)
+    def __init__(
+        self,
+        spool: Spool | str | os.PathLike[str],
+        *,
+        server_id: str | None = None,
+        workers: int | None = None,
+        max_tasks_per_worker: int | None = None,
+        poll: float | None = None,
+        grace: float = 30.0,
+        sweep_interval: float = 30.0,
+        heartbeat: float = 5.0,
+        dead_after: float = 60.0,
+        rescan: float = 2.0,
+        burst: bool = False,
+    ) -> None:
+        path = spool.path if isinstance(spool, Spool) else Path(spool)
         self.spool = Spool(path, on_event=plugins.notify)
-        self.server_id = self.server_id or default_server_id()
-        self.workers = self.workers or os.cpu_count() or 1
+        self.server_id = validate_id(server_id or default_server_id(), "server id")
+        self.workers = workers if workers is not None else os.cpu_count() or 1
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
-        if self.max_tasks_per_worker is not None and self.max_tasks_per_worker < 1:
-            raise ValueError(f"max_tasks_per_worker must be at least 1, not {self.max_tasks_per_worker}")
+        if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
+            raise ValueError(f"max_tasks_per_worker must be at least 1, not {max_tasks_per_worker}")
+        for name, value in (("grace", grace), ("sweep_interval", sweep_interval), ("heartbeat", heartbeat)):
+            if value < 0 or (name != "grace" and value == 0):
+                raise ValueError(f"{name} must be a positive number of seconds, not {value}")
+        if poll is not None and poll <= 0:
+            raise ValueError(f"poll must be a positive number of seconds, not {poll}")
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.poll, self.grace, self.sweep_interval = poll, grace, sweep_interval
+        self.heartbeat, self.dead_after, self.rescan, self.burst = heartbeat, dead_after, rescan, burst
         self.log = logging.LoggerAdapter(log, {"server": self.server_id})
         self._ctx = multiprocessing.get_context("forkserver")
+        self._pool: list[_Worker] = []
+        self._stop = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._unrunnable: set[str] = set()
         self._reported: set[str] = set()
         self._started = time.time()
-
-    @property
-    def _spool(self) -> Spool:
-        assert isinstance(self.spool, Spool)
-        return self.spool
 
     def _info(self, msg: str, *args: Any) -> None:
         self.log.info("[%s] " + msg, self.server_id, *args)
@@ -278,14 +290,23 @@ class Daemon:
 
     def run(self) -> int:
         """Serve the spool until stopped (or, in burst mode, until the queue is empty); return 0."""
-        spool = self._spool
+        spool = self.spool
         fs = filesystem_of(spool.path)
         poll = self.poll
         if poll is None and fs in NETWORK_FS:
             poll = min(self.rescan, 1.0)
-            self._warn("spool %s is on a network file system (%s): inotify sees nothing other hosts do; polling every %g s", spool.path, fs, poll)
+            self._warn(
+                "spool %s is on a network file system (%s): inotify sees nothing other hosts do; polling every %g s",
+                spool.path,
+                fs,
+                poll,
+            )
         self._info(
-            "serving spool %s (%s) with %d workers%s", spool.path, fs or "unknown fs", self.workers, " in burst mode" if self.burst else ""
+            "serving spool %s (%s) with %d workers%s",
+            spool.path,
+            fs or "unknown fs",
+            self.workers,
+            " in burst mode" if self.burst else "",
         )
         multiprocessing.set_forkserver_preload(["spoolatp.daemon", "spoolatp.tracker", "spoolatp.plugins"])
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -313,7 +334,6 @@ class Daemon:
         return 0
 
     def _loop(self, poll: float | None) -> None:
-        spool = self._spool
         rescan = poll if poll is not None else self.rescan
         next_sweep = time.monotonic()  # sweep at once: drop-ins and zombies left while we were down
         next_beat = 0.0
@@ -346,7 +366,9 @@ class Daemon:
                 if not self._dispatch() and not self._busy():
                     return
             deadline = min(
-                [w.deadline for w in self._pool] + [next_sweep, next_beat, next_scan] + ([drain_until] if drain_until else [])
+                [w.deadline for w in self._pool]
+                + [next_sweep, next_beat, next_scan]
+                + ([drain_until] if drain_until else [])
             )
             timeout = max(0.0, deadline - time.monotonic())
             waitables: list[Any] = [self._wake_r]
@@ -371,7 +393,7 @@ class Daemon:
         if type_id in self._unrunnable:
             return False
         try:
-            handler = self._spool.get_type(type_id).handler
+            handler = self.spool.get_type(type_id).handler
         except (UnknownTaskType, ValueError):
             return False
         if plugins.can_run(handler):
@@ -387,15 +409,15 @@ class Daemon:
         if not idle:
             return True
         try:
-            claims = self._spool.claim(self.server_id, accept=self._accept, limit=len(idle))
+            claims = self.spool.claim(self.server_id, accept=self._accept, limit=len(idle))
         except QueueEmpty:
             return False
         except OSError as exc:
-            self._warn("could not claim from %s: %s (will retry)", self._spool.path, exc)
+            self._warn("could not claim from %s: %s (will retry)", self.spool.path, exc)
             return False
-        for w, claim in zip(idle, claims):
+        for w, claim in zip(idle, claims, strict=False):  # fewer claims than idle workers
             try:
-                timeout = self._spool.get_type(claim.type_id).timeout
+                timeout = self.spool.get_type(claim.type_id).timeout
             except UnknownTaskType:
                 timeout = 3600.0
             w.claim, w.started = claim, time.monotonic()
@@ -414,7 +436,10 @@ class Daemon:
     def _spawn(self) -> None:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
-            target=_worker_main, args=(child, str(self._spool.path)), name=f"spoolatp-worker-{self.server_id}", daemon=True
+            target=_worker_main,
+            args=(child, str(self.spool.path)),
+            name=f"spoolatp-worker-{self.server_id}",
+            daemon=True,
         )
         process.start()
         child.close()
@@ -435,7 +460,9 @@ class Daemon:
             elif outcome == "lost":
                 self._warn("task %s: result discarded, the claim was taken away (%s)", claim, detail)
             else:
-                self._info("task %s/%s attempt %d %s in %.3f s", claim.type_id, claim.task_id, claim.attempt, outcome, took)
+                self._info(
+                    "task %s/%s attempt %d %s in %.3f s", claim.type_id, claim.task_id, claim.attempt, outcome, took
+                )
         if self.max_tasks_per_worker and w.done >= self.max_tasks_per_worker:
             self._retire(w)
             self._spawn()
@@ -461,8 +488,8 @@ class Daemon:
         if w.claim is not None:
             claim = w.claim
             try:
-                if self._spool.ended(claim) is None:
-                    self._spool.fail(claim, f"worker process {w.process.pid} {cause} while running the handler")
+                if self.spool.ended(claim) is None:
+                    self.spool.fail(claim, f"worker process {w.process.pid} {cause} while running the handler")
                 self._warn("task %s: worker %s %s; attempt failed", claim, w.process.pid, cause)
             except ClaimLost:
                 pass
@@ -483,8 +510,10 @@ class Daemon:
             w.conn.close()
             limit = w.deadline - w.started
             try:
-                end = self._spool.abandon(claim, f"killed after running past its timeout of {limit:g} s", count=True)
-                self._warn("task %s ran past its timeout of %g s: killed, now %s", claim, limit, end.name if end else "gone")
+                end = self.spool.abandon(claim, f"killed after running past its timeout of {limit:g} s", count=True)
+                self._warn(
+                    "task %s ran past its timeout of %g s: killed, now %s", claim, limit, end.name if end else "gone"
+                )
             except OSError as exc:
                 self._warn("task %s: could not give it back after its timeout: %s", claim, exc)
             if not self._stop:
@@ -496,7 +525,7 @@ class Daemon:
                 w.process.kill()
                 w.process.join()
                 with contextlib.suppress(OSError, SpoolError):
-                    self._spool.abandon(w.claim, f"daemon {self.server_id} stopped before it finished", count=False)
+                    self.spool.abandon(w.claim, f"daemon {self.server_id} stopped before it finished", count=False)
                     self._info("task %s given back to the queue", w.claim)
                 w.claim = None
         for w in list(self._pool):
@@ -517,14 +546,13 @@ class Daemon:
             "state": "stopped" if stopped else "running",
         }
         try:
-            assert self.server_id is not None
-            self._spool.beat(self.server_id, info)
+            self.spool.beat(self.server_id, info)
         except OSError as exc:
             self._warn("could not write heartbeat: %s", exc)
 
     def _sweep(self) -> None:
         """One maintenance pass; safe while other daemons sweep the same spool."""
-        spool = self._spool
+        spool = self.spool
         try:
             for t, i, st in spool.reenqueue_zombies():
                 self._info("abandoned task %s/%s: %s", t, i, st.name)
@@ -538,7 +566,7 @@ class Daemon:
 
     def _reap_dead_daemons(self) -> None:
         """Re-enqueue the tasks of daemons whose heartbeat stopped ``dead_after`` seconds ago."""
-        spool = self._spool
+        spool = self.spool
         now = spool.clock()
         for beat in spool.daemons():
             server = str(beat.get("server", ""))

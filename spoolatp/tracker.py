@@ -77,7 +77,9 @@ def current_spool() -> Spool:
 # --------------------------------------------------------------------------- producer
 
 
-def registerTaskType(identifier: str, handler: str, timeout: float = 3600, timeret: float = -1, maxrestart: int = 2) -> None:
+def registerTaskType(
+    identifier: str, handler: str, timeout: float = 3600, timeret: float = -1, maxrestart: int = 2
+) -> None:
     """Create or update a task type whose tasks run the handler plugin named ``handler``."""
     current_spool().register_type(identifier, handler, timeout, timeret, maxrestart)
 
@@ -128,7 +130,8 @@ def dequeueTask(serverId: str, message: str = "") -> list[Claim]:
 
 def startTask(taskHandle: Claim) -> tuple[str, str, str, Any]:
     """SCHEDULED -> RUNNING; ``(typeId, taskId, handlerName, input)``."""
-    return tuple(_spool_of(taskHandle).start(taskHandle))  # type: ignore[return-value]
+    started = _spool_of(taskHandle).start(taskHandle)
+    return started.type_id, started.task_id, started.handler, started.input
 
 
 def stopTaskSuccessIfNotFinished(taskHandle: Claim, message: str = "") -> None:

@@ -68,7 +68,9 @@ def marker_counts(path: Path) -> Counter[str]:
     return Counter(line.split()[0] for line in path.read_text().splitlines() if line.strip())
 
 
-def test_guide_flow_runs_sequence_sum_through_a_real_daemon(tmp_path: Path, daemons: list[subprocess.Popen[bytes]]) -> None:
+def test_guide_flow_runs_sequence_sum_through_a_real_daemon(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
     spool = Spool(tmp_path / "spool")
     daemons.append(start_daemon(spool, "--workers", "1"))
     producer = tmp_path / "producer.py"
@@ -232,7 +234,10 @@ def test_two_daemons_share_the_work_without_running_any_task_twice(
     ran = marker_counts(marker)
     assert len(ran) == 400 and set(ran.values()) == {1}
     servers = Counter(
-        r.server for info in spool.tasks(State.FINISHED) for r in spool.log("Mark", info.task_id) if r.state is State.FINISHED
+        r.server
+        for info in spool.tasks(State.FINISHED)
+        for r in spool.log("Mark", info.task_id)
+        if r.state is State.FINISHED
     )
     assert set(servers) == {"a", "b"}
 
@@ -293,10 +298,22 @@ def test_dead_daemon_tasks_are_rerun_by_another_after_its_heartbeat_stops(
     a.kill()
     a.wait(10)
     b = start_daemon(
-        spool, "--workers", "1", "--server-id", "b", "--heartbeat", "0.2", "--dead-after", "1", "--sweep-interval", "0.5"
+        spool,
+        "--workers",
+        "1",
+        "--server-id",
+        "b",
+        "--heartbeat",
+        "0.2",
+        "--dead-after",
+        "1",
+        "--sweep-interval",
+        "0.5",
     )
     daemons.append(b)
-    wait_for(lambda: any(r.server == "b" and r.state is State.RUNNING for r in spool.log("Sleep", "s")), 30, "b to take over")
+    wait_for(
+        lambda: any(r.server == "b" and r.state is State.RUNNING for r in spool.log("Sleep", "s")), 30, "b to take over"
+    )
     log = spool.log("Sleep", "s")
     assert any("daemon a presumed dead" in r.message for r in log)
     assert stop(b) == 0
