@@ -28,7 +28,7 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
+from watchdog.observers.polling import PollingObserverVFS
 
 from spoolatp import dropin, plugins
 from spoolatp.errors import ClaimLost, CorruptTaskFile, HandlerNotFound, QueueEmpty, SpoolError, UnknownTaskType
@@ -65,18 +65,38 @@ def default_server_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def filesystem_of(path: Path) -> str:
-    """The type of the file system ``path`` lives on, from /proc/mounts ('' if unknown)."""
-    best, kind = "", ""
+def filesystem_of(path: Path) -> tuple[str, list[str]]:
+    """The type and mount options of the file system ``path`` lives on, from /proc/mounts."""
+    best, kind, options = "", "", ""
     real = os.path.realpath(path)
     with contextlib.suppress(OSError), open("/proc/mounts") as f:
         for line in f:
             parts = line.split()
-            if len(parts) >= 3:
+            if len(parts) >= 4:
                 mount = parts[1].replace("\\040", " ")
                 if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
-                    best, kind = mount, parts[2]
-    return kind
+                    best, kind, options = mount, parts[2], parts[3]
+    return kind, options.split(",")
+
+
+def mount_advice(kind: str, options: list[str]) -> list[str]:
+    """What is wrong with a network mount for a spool, as far as /proc/mounts shows."""
+    opts = dict(o.partition("=")[::2] for o in options)
+    advice = []
+    if kind.startswith("nfs"):
+        if "soft" in opts:
+            advice.append("mounted 'soft': a timed-out operation can fail half-done; mount 'hard'")
+        if opts.get("lookupcache", "all") == "all":
+            advice.append("lookupcache=all hides new tasks; mount with lookupcache=positive (or none)")
+        for key in ("acdirmax", "acregmax", "actimeo"):
+            if key in opts and opts[key].isdigit() and int(opts[key]) > 3:
+                advice.append(f"{key}={opts[key]} delays what other hosts see; use actimeo=1 or less")
+    elif kind == "fuse.sshfs":
+        advice.append(
+            "sshfs caches directories for 20 s by default; mount with "
+            "-o dir_cache=no,entry_timeout=0,attr_timeout=0,negative_timeout=0,reconnect (not visible here)"
+        )
+    return advice
 
 
 # --------------------------------------------------------------------------- workers
@@ -161,9 +181,22 @@ class _Worker:
 # --------------------------------------------------------------------------- observer
 
 
+def _shallow_scandir(path: str | None) -> Iterator[os.DirEntry[str]]:
+    """What the polling observer sees of ``enqueued/``: nothing but the directory itself.
+
+    Polling a directory of 100,000 tasks by listing and stat-ing each one
+    would cost the file server that much every poll, on every host. A task
+    arriving or leaving changes the directory's mtime, so one ``stat`` per
+    poll is enough to ring the doorbell; the claim lists the queue itself.
+    """
+    if path is None or os.path.basename(path) == "enqueued":
+        return iter(())
+    return os.scandir(path)
+
+
 def _make_observer(poll: float | None) -> BaseObserver:
     if poll is not None:
-        return PollingObserver(timeout=poll)
+        return PollingObserverVFS(os.stat, _shallow_scandir, polling_interval=poll)
     try:
         from watchdog.observers.inotify import InotifyEmitter, InotifyObserver
         from watchdog.observers.inotify_c import InotifyConstants, InotifyFD, Mask
@@ -291,16 +324,19 @@ class Daemon:
     def run(self) -> int:
         """Serve the spool until stopped (or, in burst mode, until the queue is empty); return 0."""
         spool = self.spool
-        fs = filesystem_of(spool.path)
+        fs, options = filesystem_of(spool.path)
         poll = self.poll
-        if poll is None and fs in NETWORK_FS:
-            poll = min(self.rescan, 1.0)
+        if fs in NETWORK_FS:
+            poll = poll or min(self.rescan, 1.0)
             self._warn(
                 "spool %s is on a network file system (%s): inotify sees nothing other hosts do; polling every %g s",
                 spool.path,
                 fs,
                 poll,
             )
+            for advice in mount_advice(fs, options):
+                self._warn("mount of %s: %s", spool.path, advice)
+        spool.clock()  # measures this host's offset from the spool's clock, and warns if it is large
         self._info(
             "serving spool %s (%s) with %d workers%s",
             spool.path,
@@ -572,7 +608,7 @@ class Daemon:
             server = str(beat.get("server", ""))
             if not server or server == self.server_id:
                 continue
-            age = now - float(beat.get("beat", now))
+            age = now - float(beat.get("seen", beat.get("beat", now)))  # the file server's stamp, not the writer's
             if beat.get("state") == "stopped" or age <= self.dead_after:
                 continue
             for t, i, st in spool.recover(server, f"daemon {server} presumed dead (no heartbeat for {age:.0f} s)"):

@@ -23,8 +23,9 @@ The state directories are named after the states, so ``ls`` and the code agree.
 nanoseconds as 16 lower-case hex digits, so sorting keys sorts tasks oldest
 first. TYPE and ID are the identifiers with ``%``, ``~`` and a leading ``.``
 percent-encoded; everything else is kept (spaces and non-ASCII letters
-included). Identifiers with ``/``, ``\\``, NUL, control characters or ``..``
-are refused (``ValueError``), so a key is always one safe path component.
+included). Identifiers with ``/``, ``\\``, NUL, control characters or ``..``,
+and ``.`` alone, are refused (``ValueError``), so a key is always one safe
+path component.
 
 **Task directory.** Each task is a directory holding:
 
@@ -106,6 +107,10 @@ MAX_ID_BYTES = 150
 TMP_GRACE = 300.0
 #: seconds a cached setting or task type is trusted before it is read again
 CACHE_TTL = 1.0
+#: seconds between measurements of this host's clock against the spool's
+CLOCK_TTL = 30.0
+#: seconds of clock difference from the spool's that earn a warning
+CLOCK_WARN = 5.0
 
 EventHook = Callable[[str, dict[str, Any]], None]
 
@@ -159,6 +164,8 @@ def validate_id(value: object, what: str = "identifier") -> str:
         raise ValueError(f"{what} must be a string, not {type(value).__name__} ({value!r})")
     if not value:
         raise ValueError(f"{what} must not be empty")
+    if value == ".":
+        raise ValueError(f"{what} '.' names the current directory; use another {what}")
     for bad in ("/", "\\", "\x00", ".."):
         if bad in value:
             raise ValueError(f"{what} {value!r} contains {bad!r}, which could escape the spool; use another {what}")
@@ -191,7 +198,8 @@ def parse_key(key: str) -> tuple[str, str]:
     if len(parts) != 3 or len(parts[0]) != 16 or not all(parts):
         raise ValueError(f"{key!r} is not a task key")
     int(parts[0], 16)
-    return _decode(parts[1]), _decode(parts[2])
+    # a name planted by hand may decode to an identifier no enqueue accepts
+    return validate_id(_decode(parts[1]), "task type"), validate_id(_decode(parts[2]), "task id")
 
 
 # --------------------------------------------------------------------------- records
@@ -357,8 +365,10 @@ class Spool:
         self.path = Path(path) if path is not None else default_spool_path()
         self.on_event = on_event
         self._candidates: list[str] = []
+        self._listed = 0.0  # time.monotonic() of the listing _candidates came from
         self._settings: tuple[float, dict[str, Any]] | None = None
         self._types: dict[str, tuple[float, TaskType]] = {}
+        self._offset: tuple[float, float] | None = None
         self._server_dirs: set[str] = set()
         self._create()
 
@@ -369,8 +379,38 @@ class Spool:
         return str(self.path)
 
     def clock(self) -> float:
-        """The time by which timeouts and retention are judged."""
-        return time.time()
+        """The spool's time, by which timeouts, heartbeats and retention are judged.
+
+        Every host must agree on it, so it is this host's clock corrected by
+        its offset from the file server's clock, measured from the mtime the
+        server stamps on a file this process just wrote (every 30 s).
+        """
+        now = time.monotonic()
+        if self._offset is None or now - self._offset[0] > CLOCK_TTL:
+            self._offset = (now, self._measure_offset())
+        return _host_time() + self._offset[1]
+
+    def _measure_offset(self) -> float:
+        probe = self.path / "tmp" / f"clock~{secrets.token_hex(6)}"
+        try:
+            before = _host_time()
+            self._write_new(probe, b"t")
+            after = _host_time()
+            stamped = os.lstat(probe).st_mtime  # set by the file server's clock on a network file system
+            os.unlink(probe)
+        except OSError as exc:
+            log.warning("cannot read the spool's clock at %s (%s); using this host's clock", self.path, exc)
+            return 0.0
+        offset = stamped - (before + after) / 2
+        if abs(offset) > 1.5:  # mtimes may have 1 s resolution (sshfs): less is noise
+            if abs(offset) > CLOCK_WARN:
+                log.warning(
+                    "this host's clock is %+.1f s off the spool's at %s; judging time by the spool's (sync with NTP)",
+                    -offset,
+                    self.path,
+                )
+            return offset
+        return 0.0
 
     # ------------------------------------------------------------------ layout
 
@@ -388,7 +428,7 @@ class Spool:
     def _write_json(self, dest: Path, obj: dict[str, Any]) -> None:
         tmp = self.path / "tmp" / f"set~{secrets.token_hex(8)}~{dest.name}"
         self._write_new(tmp, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
-        os.replace(tmp, dest)  # readers see the old or the new file, never a mix
+        _move(tmp, dest, proof="src")  # readers see the old or the new file, never a mix
 
     def _write_new(self, path: Path, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
@@ -505,7 +545,7 @@ class Spool:
         validate_id(task_id, "task id")
         self.get_type(type_id)
         now = self.clock()
-        key = make_key(type_id, task_id, time.time_ns())
+        key = make_key(type_id, task_id, int(now * 1e9))
         record = {"type": type_id, "id": task_id, "input": input, "enqueued": now, "message": str(message)}
         try:
             pickle.dumps(input, protocol=pickle.HIGHEST_PROTOCOL)
@@ -523,7 +563,8 @@ class Spool:
             payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
             os.mkdir(tmp, 0o770)
             self._write_new(tmp / "task", seal(TASK_MAGIC, payload))
-            os.rename(tmp, self.path / "enqueued" / key)  # publish: the task appears whole or not at all
+            if not _move(tmp, self.path / "enqueued" / key, proof="src"):  # publish: whole or not at all
+                raise FileNotFoundError(f"{tmp} vanished before it was published (swept as a crash leftover?)")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             if slot is not None:
@@ -637,10 +678,22 @@ class Spool:
 
     def log(self, type_id: str, task_id: str) -> list[LogRecord]:
         """The task's history, oldest first: its enqueue, then every journal entry."""
-        path, _, _, key = self._find(type_id, task_id)
-        record = self._read_record(path, key)
-        first = LogRecord(record["enqueued"], State.ENQUEUED, record.get("message") or "enqueued")
-        return [first, *self._journal(path)]
+        for _ in range(10):
+            path, _, _, key = self._find(type_id, task_id)
+            try:
+                record = self._read_record(path, key)
+            except FileNotFoundError:  # it moved to its next state meanwhile: find it again
+                continue
+            except CorruptTaskFile:
+                raise
+            except Exception:  # an input of a class this process lacks: the key has the enqueue time
+                record = {"enqueued": int(key[:16], 16) / 1e9}
+            journal = self._journal(path)
+            if not os.path.isdir(path):  # the journal was read after a move, maybe not at all
+                continue
+            first = LogRecord(record["enqueued"], State.ENQUEUED, record.get("message") or "enqueued")
+            return [first, *journal]
+        raise TaskNotFound(type_id, task_id, self)
 
     def response(self, type_id: str, task_id: str) -> tuple[Any, str]:
         """Return ``(response, mime_type)`` as the handler stored it.
@@ -660,36 +713,57 @@ class Spool:
 
     def delete(self, type_id: str, task_id: str) -> None:
         """Remove a task in any state; a consumer still holding it loses its claim."""
-        path, _, _, key = self._find(type_id, task_id)
-        grave = self.path / "tmp" / f"del~{secrets.token_hex(4)}~{key}"
-        try:
-            os.rename(path, grave)  # the task vanishes from every state at once, and fences its holder
-        except FileNotFoundError:
-            raise TaskNotFound(type_id, task_id, self) from None
-        self._bury(grave, key)
+        for _ in range(10):
+            path, _, _, key = self._find(type_id, task_id)
+            grave = self.path / "tmp" / f"del~{secrets.token_hex(4)}~{key}"
+            try:
+                # the task vanishes from every state at once, and fences its holder
+                if not _move(path, grave, proof="dst"):
+                    continue  # it moved to its next state meanwhile: find it again
+            except NotADirectoryError:
+                continue
+            self._bury(grave, key)
+            return
+        raise TaskNotFound(type_id, task_id, self)
 
     def _bury(self, grave: Path, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        # a damaged task file, or an input whose class this process cannot import, must not stop
+        # a delete; a slot it leaves behind is freed by sweep_tmp
+        with contextlib.suppress(Exception):
             record = self._read_record(grave, key, quarantine=False)
             if record.get("slot") is not None:
                 self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
+        self._release_id(key)
+        _remove(grave)
+
+    def _release_id(self, key: str, files_to: Path | None = None) -> None:
+        """Free the (type, id) of task ``key``; its files are removed, or moved to ``files_to``."""
         type_id, task_id = parse_key(key)
         name = f"{_encode(type_id)}~{_encode(task_id)}"
         if self._readlink(self.path / "ids" / name) == key:  # files/ first: the id may be reused once ids/ is gone
-            _remove(self.path / "files" / name)
+            if files_to is None:
+                _remove(self.path / "files" / name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.path / "files" / name, files_to)
         self._unlink_if_points(self.path / "ids" / name, key)
-        _remove(grave)
 
     def files_dir(self, type_id: str, task_id: str) -> Path:
         """Where a task keeps files it owns (removed when the task is deleted or retired)."""
-        return self.path / "files" / f"{_encode(validate_id(type_id, 'task type'))}~{_encode(validate_id(task_id, 'task id'))}"
+        return (
+            self.path
+            / "files"
+            / f"{_encode(validate_id(type_id, 'task type'))}~{_encode(validate_id(task_id, 'task id'))}"
+        )
 
     # ------------------------------------------------------------------ daemons
 
     def beat(self, server: str, info: dict[str, Any]) -> None:
         """Write daemon ``server``'s heartbeat (its info plus the time) to ``daemons/``."""
         validate_id(server, "server id")
-        self._write_json(self.path / "daemons" / f"{_encode(server)}.json", {**info, "server": server, "beat": self.clock()})
+        self._write_json(
+            self.path / "daemons" / f"{_encode(server)}.json", {**info, "server": server, "beat": self.clock()}
+        )
 
     def daemons(self) -> list[dict[str, Any]]:
         """Heartbeats of the daemons that work or worked on this spool, newest first."""
@@ -698,10 +772,11 @@ class Spool:
             try:
                 with open(self.path / "daemons" / entry, "rb", opener=_nofollow) as f:
                     data = json.load(f)
+                    seen = os.fstat(f.fileno()).st_mtime  # stamped by the file server: immune to the writer's skew
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict):
-                out.append(data)
+                out.append({**data, "seen": seen})
         return sorted(out, key=lambda d: -float(d.get("beat", 0)))
 
     def forget_daemon(self, server: str) -> None:
@@ -713,6 +788,7 @@ class Spool:
         states = [state] if state is not None else list(State)
         for st in states:
             base = self.path / _DIR_OF[st]
+            entries: list[tuple[Path, str | None, str]]
             if st in (State.SCHEDULED, State.RUNNING):
                 entries = [(base / s / k, s, k) for s in _listdir(base) for k in _listdir(base / s)]
             else:
@@ -763,10 +839,12 @@ class Spool:
         claims: list[Claim] = []
         refreshed = False
         while len(claims) < limit:
-            if not self._candidates:
+            # re-list once a second too: a task re-enqueued elsewhere goes back in front of the cached ones
+            if not self._candidates or (not refreshed and time.monotonic() - self._listed > CACHE_TTL):
                 if refreshed:
                     break
                 self._candidates = sorted((k for k in _listdir(self.path / "enqueued") if k[:1] != "."), reverse=True)
+                self._listed = time.monotonic()
                 refreshed = True
                 continue
             key = self._candidates.pop()
@@ -778,11 +856,12 @@ class Spool:
             if accept is not None and not accept(type_id):
                 continue
             try:
-                os.rename(self.path / "enqueued" / key, sdir / key)  # the claim: of racing consumers one rename wins
-            except FileNotFoundError:
-                if not (sdir / key).exists():  # NFS: a retransmitted RENAME may say ENOENT after it succeeded
+                # the claim: of racing consumers exactly one rename wins; the loser's source is gone
+                if not _move(self.path / "enqueued" / key, sdir / key, proof="dst"):
                     continue
-            except FileExistsError:  # an empty leftover from a crashed earlier run of this server id
+            except (FileExistsError, OSError) as exc:  # ENOTEMPTY: a leftover of a crashed run of this server id
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
                 continue
             claim = self._claimed(sdir / key, server, key, message)
             if claim is not None:
@@ -792,25 +871,37 @@ class Spool:
         return claims
 
     def _claimed(self, path: Path, server: str, key: str, message: str) -> Claim | None:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):  # a planted file or symlink: never follow it
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:  # deleted right after our rename
+            return None
+        if not stat.S_ISDIR(mode):  # a planted file or symlink: never follow it
             self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
             return None
         journal = self._journal(path)
         attempt = sum(1 for r in journal if r.state is State.SCHEDULED) + 1
         try:
             record = self._read_record(path, key)
-        except CorruptTaskFile:
+        except (CorruptTaskFile, FileNotFoundError):
             return None
+        except Exception:  # an input of a class this process lacks: start() raises it for the consumer to report
+            record = {}  # and sweep_tmp frees its slot
         if record.get("slot") is not None:
             self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
         claim = Claim(str(self.path), server, key, attempt)
-        self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim)
+        try:
+            self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim)
+        except ClaimLost:  # deleted right after our rename
+            return None
         return claim
 
     def _claim_path(self, claim: Claim) -> tuple[Path, State]:
         for state in (State.RUNNING, State.SCHEDULED):
             path = self.path / _DIR_OF[state] / claim.server / claim.key
             if os.path.isdir(path):
+                # the same server may hold a later attempt of this task: the path alone is no proof
+                if sum(1 for r in self._journal(path) if r.state is State.SCHEDULED) != claim.attempt:
+                    break
                 return path, state
         raise ClaimLost(
             f"task {claim} is no longer held by server {claim.server!r}: it was re-enqueued "
@@ -839,13 +930,13 @@ class Spool:
             if claim.server not in self._server_dirs or not rdir.is_dir():
                 rdir.mkdir(mode=0o770, exist_ok=True)
             dest = rdir / claim.key
-            try:
-                os.rename(path, dest)  # fails with ENOENT if a reaper fenced the claim first
-            except FileNotFoundError:
-                if not dest.is_dir():
-                    raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started") from None
+            if not _move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
+                raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started")
             path = dest
-        record = self._read_record(path, claim.key)
+        try:
+            record = self._read_record(path, claim.key)
+        except FileNotFoundError:  # fenced between our rename and this read
+            raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started") from None
         ttype = self.get_type(record["type"])
         self._append(path, State.RUNNING, message or "started", claim)
         self._emit("started", type_id=claim.type_id, task_id=claim.task_id, key=claim.key, attempt=claim.attempt)
@@ -903,12 +994,12 @@ class Spool:
         path, _ = self._claim_path(claim)
         self._append(path, state, message, claim)
         dest = self.path / _DIR_OF[state] / claim.key
-        try:
-            os.rename(path, dest)  # publish the end: fails if a reaper fenced the claim first
-        except FileNotFoundError:
-            # NFS may report ENOENT after success; a reaper that saw our entry completes the move too
+        if not _move(path, dest, proof="dst"):  # publish the end: fails if a reaper fenced the claim first
+            # a reaper that saw our terminal entry completes the move for us
             if self._own_terminal(claim) is None:
-                raise ClaimLost(f"task {claim} was taken from server {claim.server!r}; its result is discarded") from None
+                raise ClaimLost(
+                    f"task {claim} was taken from server {claim.server!r}; its result is discarded"
+                ) from None
         self._emit(state.name.lower(), type_id=claim.type_id, task_id=claim.task_id, key=claim.key, message=message)
 
     # ------------------------------------------------------------------ maintenance
@@ -936,10 +1027,13 @@ class Spool:
                     path = base / server / key
                     try:
                         type_id, task_id = parse_key(key)
+                    except ValueError:  # not a task: re-enqueueing it would only fail later
+                        self._quarantine(path, "name is not a task key")
+                        continue
+                    try:
                         timeout = self.get_type(type_id).timeout
                     except (ValueError, UnknownTaskType):
                         timeout = 3600.0
-                        type_id, task_id = key, key
                     claimed = [r.time for r in self._journal(path) if r.state is State.SCHEDULED]
                     since = claimed[-1] if claimed else _mtime(path, now)
                     if now - since <= timeout:
@@ -952,9 +1046,7 @@ class Spool:
 
     def _reap(self, path: Path, key: str, reason: str, *, count: bool) -> State | None:
         grave = self.path / "tmp" / f"reap~{secrets.token_hex(4)}~{key}"
-        try:
-            os.rename(path, grave)  # fence: from now on the old holder's writes fail with ENOENT
-        except FileNotFoundError:
+        if not _move(path, grave, proof="dst"):  # fence: from now on the old holder's writes fail with ENOENT
             return None
         return self._settle(grave, key, reason, count=count)
 
@@ -967,7 +1059,7 @@ class Spool:
         if last and last[-1].state.terminal and last[-1].attempt == attempt:  # type: ignore[union-attr]
             end = last[-1].state
             assert end is not None
-            os.rename(grave, self.path / _DIR_OF[end] / key)  # its holder ended it and died before moving it
+            _move(grave, self.path / _DIR_OF[end] / key, proof="src")  # its holder ended it, died before moving it
             return end
         try:
             maxrestart = self.get_type(type_id).maxrestart
@@ -977,13 +1069,14 @@ class Spool:
         if count and restarts >= maxrestart:
             message = f"{reason}; restart limit of {maxrestart} used up, giving up"
             self._append(grave, State.FAILED, message, None, attempt=attempt)
-            os.rename(grave, self.path / "failed" / key)
+            _move(grave, self.path / "failed" / key, proof="src")
             self._emit("failed", type_id=type_id, task_id=task_id, key=key, message=message)
             return State.FAILED
         restart = restarts + 1 if count else restarts
         note = f"{reason}; re-enqueued (restart {restart} of {maxrestart})" if count else f"{reason}; re-enqueued"
         self._append(grave, State.ENQUEUED, note, None, attempt=attempt, restart=restart)
-        os.rename(grave, self.path / "enqueued" / key)  # back under its old key: it keeps its place
+        _move(grave, self.path / "enqueued" / key, proof="src")  # back under its old key: it keeps its place
+        self._candidates.clear()  # ... which the cached listing of the queue does not show
         self._emit("reenqueued", type_id=type_id, task_id=task_id, key=key, message=note)
         return State.ENQUEUED
 
@@ -993,6 +1086,11 @@ class Spool:
         for state in (State.SCHEDULED, State.RUNNING):
             base = self.path / _DIR_OF[state] / server
             for key in _listdir(base):
+                try:
+                    parse_key(key)
+                except ValueError:  # not a task: re-enqueueing it would only fail later
+                    self._quarantine(base / key, "name is not a task key")
+                    continue
                 end = self._reap(base / key, key, reason or f"abandoned by an earlier run of {server}", count=True)
                 if end is not None:
                     out.append((*parse_key(key), end))
@@ -1016,9 +1114,7 @@ class Spool:
                 if ended is None or now - ended <= keep:
                     continue
                 grave = self.path / "tmp" / f"del~{secrets.token_hex(4)}~{key}"
-                try:
-                    os.rename(base / key, grave)  # one winner when several sweepers retire at once
-                except FileNotFoundError:
+                if not _move(base / key, grave, proof="dst"):  # one winner when several sweepers retire at once
                     continue
                 self._bury(grave, key)
                 out.append((type_id, task_id))
@@ -1027,11 +1123,14 @@ class Spool:
 
     def sweep_tmp(self, grace: float = TMP_GRACE) -> list[str]:
         """Finish or undo what crashed processes left in ``tmp/`` more than ``grace`` seconds ago."""
-        now = time.time()
+        now = self.clock()  # tmp/ mtimes are stamped by the file server's clock
         done = []
         for entry in _listdir(self.path / "tmp"):
             path = self.path / "tmp" / entry
-            age = now - _mtime(path, now)
+            if entry.startswith("clock~") and now - _mtime(path, now) < 60:
+                continue  # another process is reading the clock right now
+            # ctime too: a rename into tmp/ updates the ctime of what it moves, never its mtime
+            age = now - max(_mtime(path, now), _ctime(path, now))
             if age < grace:
                 continue
             kind, _, rest = entry.partition("~")
@@ -1049,10 +1148,10 @@ class Spool:
             done.append(entry)
         # slots whose task left the queue without releasing them (a consumer crashed)
         for n in _listdir(self.path / "slots"):
-            key = self._readlink(self.path / "slots" / n)
+            holder = self._readlink(self.path / "slots" / n)
             slot_age = now - _mtime(self.path / "slots" / n, now, follow=False)
-            if key and slot_age > grace and not (self.path / "enqueued" / key).exists():
-                self._unlink_if_points(self.path / "slots" / n, key)
+            if holder and slot_age > grace and not (self.path / "enqueued" / holder).exists():
+                self._unlink_if_points(self.path / "slots" / n, holder)
         return done
 
     # ------------------------------------------------------------------ files inside a task
@@ -1080,12 +1179,12 @@ class Spool:
     def _quarantine(self, path: Path, reason: str) -> None:
         name = f"{path.name[:200]}~{secrets.token_hex(4)}"
         dest = self.path / "quarantine" / name
-        try:
-            os.rename(path, dest)  # aside in one step; a symlink is moved, never followed
-        except FileNotFoundError:
+        if not _move(path, dest, proof="dst"):  # aside in one step; a symlink is moved, never followed
             return
         self._write_new(self.path / "quarantine" / f"{name}.reason", f"{path}: {reason}\n".encode())
         log.error("quarantined %s: %s", path, reason)
+        with contextlib.suppress(ValueError):  # a task that is gone must not keep its (type, id) taken
+            self._release_id(path.name, files_to=self.path / "quarantine" / f"{name}.files")
 
     def _append(
         self,
@@ -1159,6 +1258,41 @@ class Spool:
 # --------------------------------------------------------------------------- helpers
 
 
+def _move(src: Path, dst: Path, *, proof: str) -> bool:
+    """``rename(src, dst)``; True if this call moved it, False if ``src`` was gone.
+
+    Network file systems report false errors here, resolved by looking where
+    the file actually is: NFS answers a retransmitted RENAME whose first try
+    succeeded with ENOENT, GlusterFS answers ESTALE for a rename over a file
+    another host created a moment ago (a retry succeeds). ``proof`` names the
+    side only this caller can have touched: ``"src"`` for a private source
+    (gone means we moved it), ``"dst"`` for a private destination (present
+    means we moved it there).
+    """
+    for attempt in range(6):
+        try:
+            os.rename(src, dst)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.ESTALE and attempt < 5:
+                time.sleep(0.005 * 2**attempt)
+                continue
+            if exc.errno != errno.ENOENT:
+                raise
+            if proof == "src":
+                return not os.path.lexists(src) and os.path.isdir(dst.parent)
+            return os.path.lexists(dst)
+    return False  # pragma: no cover - the loop returns or raises
+
+
+def _host_time() -> float:
+    """This host's clock; ``SPOOLATP_CLOCK_OFFSET`` (seconds) skews it, for tests of skew."""
+    return time.time() + _CLOCK_OFFSET
+
+
+_CLOCK_OFFSET = float(os.environ.get("SPOOLATP_CLOCK_OFFSET") or 0.0)
+
+
 def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
@@ -1179,6 +1313,13 @@ def _listdir(path: Path) -> list[str]:
 def _mtime(path: Path, default: Any, *, follow: bool = True) -> Any:
     try:
         return os.stat(path, follow_symlinks=follow).st_mtime
+    except OSError:
+        return default
+
+
+def _ctime(path: Path, default: Any) -> Any:
+    try:
+        return os.lstat(path).st_ctime
     except OSError:
         return default
 

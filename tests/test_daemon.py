@@ -317,3 +317,30 @@ def test_dead_daemon_tasks_are_rerun_by_another_after_its_heartbeat_stops(
     log = spool.log("Sleep", "s")
     assert any("daemon a presumed dead" in r.message for r in log)
     assert stop(b) == 0
+
+
+@pytest.mark.parametrize("skew", [30.0, -30.0])
+def test_a_skewed_host_judges_time_by_the_spools_clock(tmp_path: Path, skew: float) -> None:
+    spool = Spool(tmp_path / "spool")
+    code = "import sys, time; from spoolatp import Spool; print(Spool(sys.argv[1]).clock() - time.time())"
+    env = {**os.environ, "SPOOLATP_CLOCK_OFFSET": str(skew)}
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(spool.path)], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert abs(float(out.stdout)) < 1.5  # the injected skew is measured against file mtimes and cancelled
+    assert "off the spool's" in out.stderr  # and the host is told its clock is off
+
+
+def test_a_daemon_with_a_skewed_clock_does_not_steal_a_live_task(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Sleep", "testing.sleep", timeout=20)
+    spool.enqueue("Sleep", "held", 1)
+    [claim] = spool.claim("live")
+    spool.start(claim)
+    env = {**os.environ, "SPOOLATP_CLOCK_OFFSET": "30"}
+    cmd = [sys.executable, "-m", "spoolatp", "--spool", str(spool.path), "daemon", "--workers", "1", "--burst"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=60).returncode == 0
+    assert spool.status("Sleep", "held") is State.RUNNING  # 30 s ahead, yet it waits out the 20 s timeout
+    spool.finish(claim)
+    assert spool.status("Sleep", "held") is State.FINISHED
