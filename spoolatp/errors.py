@@ -69,8 +69,7 @@ class TaskExists(SpoolError, FileExistsError):
     def __init__(self, type_id: str, task_id: str, spool: object) -> None:
         self.type_id, self.task_id, self.spool = type_id, task_id, spool
         super().__init__(
-            f"task {type_id!r}/{task_id!r} already exists in the spool at {spool} "
-            "(delete it first or use another id)"
+            f"task {type_id!r}/{task_id!r} already exists in the spool at {spool} (delete it first or use another id)"
         )
 
     def __str__(self) -> str:
