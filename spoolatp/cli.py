@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import functools
 import json
 import logging
 import os
@@ -1072,8 +1073,9 @@ def demo(ctx: click.Context, timeout: float, keep: bool, as_json: bool) -> int:
       pip install ./handlers/sequence-sum && spoolatp demo
     """
     _require_handler(DEMO_HANDLER, "spoolatp-sequence-sum", "./handlers/sequence-sum")
-    explicit = ctx.parent is not None and ctx.parent.get_parameter_source("spool_path") in (
-        click.core.ParameterSource.COMMANDLINE,
+    explicit = ctx.get_parameter_source("spool_here") is click.core.ParameterSource.COMMANDLINE or (
+        ctx.parent is not None
+        and ctx.parent.get_parameter_source("spool_path") is click.core.ParameterSource.COMMANDLINE
     )
     temp = None if explicit else tempfile.mkdtemp(prefix="spoolatp-demo-")
     path = Path(temp) / "spool" if temp else ctx.find_object(_Options).path  # type: ignore[union-attr]
@@ -1218,3 +1220,30 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], *, empty: str) 
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _spool_after_command(command: click.Command) -> None:
+    """Let ``--spool DIR`` follow the subcommand too (``spoolatp daemon --spool DIR``)."""
+    callback = command.callback
+    assert callback is not None
+
+    @functools.wraps(callback)
+    def wrapped(*args: Any, spool_here: Path | None, **kwargs: Any) -> Any:
+        if spool_here is not None:
+            opts = click.get_current_context().find_object(_Options)
+            assert opts is not None  # the group made it
+            opts.path = spool_here
+        return callback(*args, **kwargs)
+
+    command.params.append(
+        click.Option(
+            ["--spool", "spool_here"],
+            type=click.Path(file_okay=False, path_type=Path),
+            help="The spool directory (the same as giving --spool before the command).",
+        )
+    )
+    command.callback = wrapped
+
+
+for _command in cli.commands.values():
+    _spool_after_command(_command)

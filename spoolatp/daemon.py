@@ -229,12 +229,23 @@ def _make_observer(poll: float | None) -> BaseObserver:
 
 
 class _Doorbell(FileSystemEventHandler):
-    """Turns file-system events into one byte on the main loop's wake-up pipe."""
+    """Turns file-system events into a call of ``ring`` (which writes one byte to a pipe).
 
-    def __init__(self, ring: Callable[[], None]) -> None:
+    With ``root``, events on names starting with "." (a producer's temporary
+    name, an ingest in progress) and under ``rejected/`` are ignored, so the
+    daemon's own ingest renames do not ring again.
+    """
+
+    def __init__(self, ring: Callable[[], None], root: str | None = None) -> None:
         self.ring = ring
+        self.root = root
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        if self.root is not None:
+            path = os.fsdecode(event.dest_path or event.src_path)
+            parts = os.path.relpath(path, self.root).split(os.sep)
+            if any(p.startswith(".") for p in parts) or parts[0] == "rejected":
+                return
         self.ring()
 
 
@@ -293,6 +304,7 @@ class Daemon:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
+        self._drop_due = False
         self._unrunnable: set[str] = set()
         self._reported: set[str] = set()
         self._started = time.time()
@@ -309,6 +321,10 @@ class Daemon:
         """Wake the main loop (safe from any thread and from signal handlers)."""
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
+
+    def _drop_arrived(self) -> None:
+        self._drop_due = True
+        self.ring()
 
     def request_stop(self, *, now: bool = False) -> None:
         """Stop claiming and finish (``now``: kill running tasks and give them back)."""
@@ -347,10 +363,11 @@ class Daemon:
         multiprocessing.set_forkserver_preload(["spoolatp.daemon", "spoolatp.tracker", "spoolatp.plugins"])
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         observer = _make_observer(poll)
-        doorbell = _Doorbell(self.ring)
-        observer.schedule(doorbell, str(spool.path / "enqueued"), recursive=False)
+        observer.schedule(_Doorbell(self.ring), str(spool.path / "enqueued"), recursive=False)
         (spool.path / "drop").mkdir(exist_ok=True)
-        observer.schedule(doorbell, str(spool.path / "drop"), recursive=True)
+        observer.schedule(
+            _Doorbell(self._drop_arrived, str(spool.path / "drop")), str(spool.path / "drop"), recursive=True
+        )
         observer.start()
         try:
             for t, i, st in spool.recover(self.server_id):
@@ -388,6 +405,10 @@ class Daemon:
             if now >= next_sweep:
                 self._sweep()
                 next_sweep = now + self.sweep_interval * random.uniform(0.8, 1.2)
+                want_claim = True
+            if self._drop_due and not self._stop:
+                self._drop_due = False
+                self._ingest()
                 want_claim = True
             if now >= next_beat:
                 self._beat()
@@ -596,9 +617,21 @@ class Daemon:
             for t, i in spool.delete_retired():
                 self._info("retired task %s/%s deleted", t, i)
             spool.sweep_tmp()
-            dropin.ingest(spool)
         except (OSError, SpoolError) as exc:
             self._warn("sweep of %s failed: %s (will retry)", spool.path, exc)
+        self._ingest()
+
+    def _ingest(self) -> None:
+        """Turn drop-ins into tasks (on a sweep, and as soon as watchdog sees one arrive)."""
+        try:
+            report = dropin.ingest(self.spool)
+        except (OSError, SpoolError) as exc:
+            self._warn("ingest of drop-ins failed: %s (will retry)", exc)
+            return
+        if report.enqueued or report.recovered:
+            self._info("drop-ins: %d enqueued, %d recovered", len(report.enqueued), len(report.recovered))
+        for file, reason in report.rejected:
+            self._warn("drop-in %s rejected: %s", file, reason)
 
     def _reap_dead_daemons(self) -> None:
         """Re-enqueue the tasks of daemons whose heartbeat stopped ``dead_after`` seconds ago."""

@@ -546,22 +546,31 @@ class Spool:
         self.get_type(type_id)
         now = self.clock()
         key = make_key(type_id, task_id, int(now * 1e9))
-        record = {"type": type_id, "id": task_id, "input": input, "enqueued": now, "message": str(message)}
+        record = {
+            "type": type_id,
+            "id": task_id,
+            "input": input,
+            "enqueued": now,
+            "message": str(message),
+            "slot": None,
+        }
         try:
-            pickle.dumps(input, protocol=pickle.HIGHEST_PROTOCOL)
+            payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise TypeError(f"input of task {type_id!r}/{task_id!r} cannot be pickled: {exc}") from exc
         name = self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}"
-        self._link(key, name, lambda: TaskExists(type_id, task_id, self))
         tmp = self.path / "tmp" / f"enq~{secrets.token_hex(4)}~{key}"
+        # tmp/ first: if this process dies after reserving the id, a sweep finds the enq~ entry and frees the id
+        os.mkdir(tmp, 0o770)
+        reserved = False
         slot = None
         try:
+            self._link(key, name, lambda: TaskExists(type_id, task_id, self))
+            reserved = True
             limit = int(self.settings().get("max_queue") or 0)
             if limit > 0:
-                slot = self._take_slot(key, limit)
-            record["slot"] = slot
-            payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-            os.mkdir(tmp, 0o770)
+                record["slot"] = slot = self._take_slot(key, limit)
+                payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
             self._write_new(tmp / "task", seal(TASK_MAGIC, payload))
             if not _move(tmp, self.path / "enqueued" / key, proof="src"):  # publish: whole or not at all
                 raise FileNotFoundError(f"{tmp} vanished before it was published (swept as a crash leftover?)")
@@ -569,7 +578,8 @@ class Spool:
             shutil.rmtree(tmp, ignore_errors=True)
             if slot is not None:
                 self._unlink_if_points(self.path / "slots" / str(slot), key)
-            self._unlink_if_points(name, key)
+            if reserved:
+                self._unlink_if_points(name, key)
             raise
         self._emit("enqueued", type_id=type_id, task_id=task_id, key=key)
         return key

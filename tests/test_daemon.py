@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def start_daemon(spool: Spool, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "spoolatp", "--spool", str(spool.path), "daemon", "--log-level", "INFO", *args]
+    cmd = [sys.executable, "-m", "spoolatp", "daemon", "--spool", str(spool.path), "--log-level", "INFO", *args]
     with open(log or spool.path.parent / "daemon.log", "ab") as out:  # the child keeps its own descriptor
         return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
