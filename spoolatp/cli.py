@@ -1049,6 +1049,33 @@ def daemon(
 
 
 @cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8023, show_default=True)
+@click.option("--allow-actions", is_flag=True, help="Offer delete and re-enqueue of tasks (needs --token).")
+@click.option("--token", envvar="SPOOLATP_WEB_TOKEN", show_envvar=True, help="Secret the actions need.")
+@click.pass_context
+def web(ctx: click.Context, host: str, port: int, allow_actions: bool, token: str | None) -> None:
+    """Serve the web dashboard (needs pip install 'spoolatp[web]').
+
+    Read-only unless started with --allow-actions and a token; give the
+    token in the environment to keep it out of `ps`.
+
+    \b
+    Example:
+      SPOOLATP_WEB_TOKEN=s3cret spoolatp --spool /srv/spool web --port 8023 --allow-actions
+    """
+    opts: _Options = ctx.find_object(_Options)  # type: ignore[assignment]
+    if allow_actions and not token:
+        raise click.UsageError("--allow-actions needs --token (or SPOOLATP_WEB_TOKEN)")
+    try:
+        from spoolatp import web as dashboard
+    except ImportError as exc:
+        raise Failure(Exit.ERROR, f"the dashboard needs its extra: pip install 'spoolatp[web]' ({exc})") from None
+    _logging(logging.INFO, daemon=True)
+    dashboard.serve(opts.path, host=host, port=port, allow_actions=allow_actions, token=token)
+
+
+@cli.command()
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
