@@ -40,7 +40,15 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
 from spoolatp import dropin, plugins
-from spoolatp.errors import ClaimLost, CorruptTaskFile, HandlerNotFound, QueueEmpty, SpoolError, UnknownTaskType
+from spoolatp.errors import (
+    ClaimLost,
+    CorruptTaskFile,
+    HandlerNotFound,
+    QueueEmpty,
+    Retry,
+    SpoolError,
+    UnknownTaskType,
+)
 from spoolatp.spool import Claim, Spool, State, validate_id
 
 log = logging.getLogger(__name__)
@@ -151,21 +159,40 @@ def run_claim(spool: Spool, claim: Claim) -> tuple[str, str]:
             spool.abandon(claim, f"not runnable on {socket.gethostname()}: {exc}", count=False)
             return "unrunnable", claim.type_id
         handler(status, inputs)
-        spool.finish_if_not_done(claim)
+        who = spool.cancel_requested(claim)
+        if who is not None and spool.ended(claim) is None:
+            spool.fail(claim, f"cancelled by {who}; the handler stopped when asked")
+        else:
+            spool.finish_if_not_done(claim)
     except ClaimLost as exc:
         return "lost", str(exc)
     except CorruptTaskFile as exc:
         return "corrupt", str(exc)
+    except Retry as exc:
+        return _after_failure(spool, claim, exc.reason or "the handler asked for a retry", exc.delay, asked=True)
     except Exception as exc:
         detail = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}".strip()
-        try:
-            if spool.ended(claim) is None:
-                spool.fail(claim, detail)
-            else:
-                spool.note(claim, f"handler raised after the task ended: {detail}")
-        except ClaimLost as lost:
-            return "lost", str(lost)
+        return _after_failure(spool, claim, detail, None, asked=False)
     return (spool.ended(claim) or State.FAILED).name, ""
+
+
+def _after_failure(spool: Spool, claim: Claim, detail: str, delay: float | None, *, asked: bool) -> tuple[str, str]:
+    """A handler raised: fail the task, or retry it later if its type (or the handler) says so."""
+    try:
+        ended = spool.ended(claim)
+        if ended is not None:
+            spool.note(claim, f"handler raised after the task ended: {detail}")
+            return ended.name, ""
+        who = spool.cancel_requested(claim)
+        if who is not None:
+            spool.fail(claim, f"cancelled by {who}: {detail}")
+            return State.FAILED.name, ""
+        if asked or spool.get_type(claim.type_id).retries > 0:
+            return spool.retry_later(claim, detail, delay).name, ""
+        spool.fail(claim, detail)
+    except ClaimLost as lost:
+        return "lost", str(lost)
+    return State.FAILED.name, ""
 
 
 @dataclass
@@ -176,6 +203,8 @@ class _Worker:
     started: float = 0.0
     deadline: float = float("inf")
     done: int = 0
+    cancel_by: str | None = None  # who asked to cancel the running task
+    kill_at: float = float("inf")  # when a cancelled task that did not stop is killed
 
 
 # --------------------------------------------------------------------------- observer
@@ -263,6 +292,7 @@ class Daemon:
     :param dead_after: a daemon whose heartbeat is older than this is presumed
         dead and its tasks are re-enqueued by a sweep.
     :param rescan: seconds between rescans of the queue that back up inotify.
+    :param cancel_grace: seconds a handler gets to stop after its task was cancelled.
     :param burst: drain the queue and return instead of waiting for more.
     """
 
@@ -279,6 +309,7 @@ class Daemon:
         heartbeat: float = 5.0,
         dead_after: float = 60.0,
         rescan: float = 2.0,
+        cancel_grace: float = 10.0,
         burst: bool = False,
     ) -> None:
         path = spool.path if isinstance(spool, Spool) else Path(spool)
@@ -297,6 +328,9 @@ class Daemon:
         self.max_tasks_per_worker = max_tasks_per_worker
         self.poll, self.grace, self.sweep_interval = poll, grace, sweep_interval
         self.heartbeat, self.dead_after, self.rescan, self.burst = heartbeat, dead_after, rescan, burst
+        self.cancel_grace = cancel_grace
+        self._next_due: float | None = None  # when the next delayed task is due (spool clock)
+        self._delayed_changed = True
         self.log = logging.LoggerAdapter(log, {"server": self.server_id})
         self._ctx = multiprocessing.get_context("forkserver")
         self._pool: list[_Worker] = []
@@ -321,6 +355,10 @@ class Daemon:
         """Wake the main loop (safe from any thread and from signal handlers)."""
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"\0")
+
+    def _delayed_arrived(self) -> None:
+        self._delayed_changed = True
+        self.ring()
 
     def _drop_arrived(self) -> None:
         self._drop_due = True
@@ -364,6 +402,7 @@ class Daemon:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         observer = _make_observer(poll)
         observer.schedule(_Doorbell(self.ring), str(spool.path / "enqueued"), recursive=False)
+        observer.schedule(_Doorbell(self._delayed_arrived), str(spool.path / "delayed"), recursive=False)
         (spool.path / "drop").mkdir(exist_ok=True)
         observer.schedule(
             _Doorbell(self._drop_arrived, str(spool.path / "drop")), str(spool.path / "drop"), recursive=True
@@ -391,6 +430,7 @@ class Daemon:
         next_sweep = time.monotonic()  # sweep at once: drop-ins and zombies left while we were down
         next_beat = 0.0
         next_scan = 0.0
+        next_cancel_check = 0.0
         want_claim = True
         drain_until: float | None = None
         while True:
@@ -414,8 +454,15 @@ class Daemon:
                 self._beat()
                 next_beat = now + self.heartbeat
             if now >= next_scan:
-                want_claim = True
+                want_claim = self._delayed_changed = True
                 next_scan = now + rescan
+            if self._delayed_changed or (self._next_due is not None and self.spool.clock() >= self._next_due):
+                self._delayed_changed = False
+                self._next_due = self.spool.promote_due()
+                want_claim = True
+            if self._busy() and now >= next_cancel_check:
+                self._check_cancels(now)
+                next_cancel_check = now + min(0.25, rescan)
             if want_claim and not self._stop:
                 want_claim = self._dispatch()
             if self.burst and not want_claim and not self._busy():
@@ -423,9 +470,11 @@ class Daemon:
                 if not self._dispatch() and not self._busy():
                     return
             deadline = min(
-                [w.deadline for w in self._pool]
+                [min(w.deadline, w.kill_at) for w in self._pool]
                 + [next_sweep, next_beat, next_scan]
                 + ([drain_until] if drain_until else [])
+                + ([next_cancel_check] if self._busy() else [])
+                + ([now + self._next_due - self.spool.clock()] if self._next_due is not None else [])
             )
             timeout = max(0.0, deadline - time.monotonic())
             waitables: list[Any] = [self._wake_r]
@@ -508,6 +557,7 @@ class Daemon:
         except (EOFError, OSError):
             return False  # the worker died; its sentinel will tell
         claim, w.claim, w.deadline = w.claim, None, float("inf")
+        w.cancel_by, w.kill_at = None, float("inf")
         w.done += 1
         if claim is not None:
             took = time.monotonic() - w.started
@@ -555,16 +605,41 @@ class Daemon:
         if not self._stop:
             self._spawn()
 
+    def _check_cancels(self, now: float) -> None:
+        """Pass on cancel requests to running tasks; kill those that ignore them past ``cancel_grace``."""
+        for w in list(self._pool):
+            if w.claim is None:
+                continue
+            if w.cancel_by is None:
+                w.cancel_by = self.spool.cancel_requested(w.claim)
+                if w.cancel_by is not None:
+                    w.kill_at = now + self.cancel_grace
+                    self._info("task %s cancelled by %s: it has %g s to stop", w.claim, w.cancel_by, self.cancel_grace)
+            elif now >= w.kill_at:
+                claim, who = w.claim, w.cancel_by
+                self._kill(w)
+                with contextlib.suppress(ClaimLost):
+                    if self.spool.ended(claim) is None:
+                        self.spool.fail(
+                            claim, f"cancelled by {who}; killed after ignoring it for {self.cancel_grace:g} s"
+                        )
+                self._warn("task %s cancelled by %s: killed after %g s", claim, who, self.cancel_grace)
+                if not self._stop:
+                    self._spawn()
+
+    def _kill(self, w: _Worker) -> None:
+        w.process.kill()  # SIGKILL: a handler past its limit does not get to decide
+        w.process.join()
+        self._pool.remove(w)
+        w.conn.close()
+
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
         for w in list(self._pool):
             if w.claim is None or now < w.deadline:
                 continue
             claim = w.claim
-            w.process.kill()  # SIGKILL: a handler past its time limit does not get to decide
-            w.process.join()
-            self._pool.remove(w)
-            w.conn.close()
+            self._kill(w)
             limit = w.deadline - w.started
             try:
                 end = self.spool.abandon(claim, f"killed after running past its timeout of {limit:g} s", count=True)

@@ -14,6 +14,7 @@
     +-- CorruptTaskFile(..., ValueError)    a task file failed validation
     +-- HandlerNotFound(..., LookupError)   no installed plugin offers a handler
     +-- PluginError(..., RuntimeError)      a plugin is broken (import, hooks, duplicates)
+    +-- Retry                               raised by a handler: try this task again later
 
 Identifier problems are plain :class:`ValueError`, as the ATP issue asks.
 """
@@ -115,3 +116,18 @@ class HandlerNotFound(SpoolError, LookupError):
 
 class PluginError(SpoolError, RuntimeError):
     """A plugin failed to load, implements a hook wrongly, or clashes with another."""
+
+
+class Retry(SpoolError):
+    """Raised by a handler to ask for its task to be tried again later.
+
+    The retry counts against the task type's ``retries``; once they are used
+    up the task is FAILED with this exception's message. ``delay`` (seconds)
+    overrides the type's backoff for this retry.
+    """
+
+    def __init__(self, reason: str = "", delay: float | None = None) -> None:
+        if delay is not None and delay < 0:
+            raise ValueError(f"Retry delay must not be negative, not {delay}")
+        self.reason, self.delay = reason, delay
+        super().__init__(reason or "the handler asked for a retry")

@@ -6,7 +6,8 @@ A spool is a directory. ``ls`` it and you see::
     types/<TYPE>.json           registered task types (JSON: handler, timeout, ...)
     ids/<TYPE>~<ID>             one symbolic link per task, never followed: its
                                 target text is the task's KEY (see below)
-    enqueued/<KEY>/             ENQUEUED tasks, oldest first when names are sorted
+    enqueued/<KEY>/             ENQUEUED tasks, most urgent then oldest first when names are sorted
+    delayed/<NOTBEFORE>~<KEY>/  ENQUEUED tasks that may not start before NOTBEFORE (ns, 16 hex digits)
     scheduled/<SERVER>/<KEY>/   SCHEDULED: claimed by consumer SERVER, not started
     running/<SERVER>/<KEY>/     RUNNING on consumer SERVER
     finished/<KEY>/             FINISHED
@@ -19,9 +20,11 @@ A spool is a directory. ``ls`` it and you see::
 
 The state directories are named after the states, so ``ls`` and the code agree.
 
-**Task key.** ``KEY = <STAMP>~<TYPE>~<ID>``: STAMP is the enqueue time in
-nanoseconds as 16 lower-case hex digits, so sorting keys sorts tasks oldest
-first. TYPE and ID are the identifiers with ``%``, ``~`` and a leading ``.``
+**Task key.** ``KEY = <RANK><STAMP>~<TYPE>~<ID>``: RANK is one digit, 9
+minus the task's priority (0..9, higher is more urgent); STAMP is the enqueue
+time by the spool's clock in nanoseconds as 16 lower-case hex digits. So
+sorting keys sorts tasks most urgent first, oldest first within a priority.
+TYPE and ID are the identifiers with ``%``, ``~`` and a leading ``.``
 percent-encoded; everything else is kept (spaces and non-ASCII letters
 included). Identifiers with ``/``, ``\\``, NUL, control characters or ``..``,
 and ``.`` alone, are refused (``ValueError``), so a key is always one safe
@@ -55,8 +58,22 @@ the old holder's writes fail with ENOENT and are refused as
 :class:`~spoolatp.errors.ClaimLost`. The attempt number in the journal tells
 a holder's own terminal record from someone else's.
 
-**Order.** Tasks are dequeued oldest first by STAMP. A re-enqueued task keeps
-its key and therefore its original place at the front of the queue.
+**Order.** Tasks are dequeued by key: higher priority first, oldest first
+within a priority. A re-enqueued task keeps its key and therefore its
+original place. A consumer lists ``enqueued/`` once and works through the
+sorted list; it lists again when the directory changed and the last listing
+is older than ten times what a listing costs (at least 50 ms), so a more
+urgent arrival is seen soon without listing the queue per task.
+
+**Delayed tasks** (``not_before``, and retries after a failure) wait in
+``delayed/`` under a name that starts with the time they become due, by the
+spool's clock; whoever lists the queue moves the due ones to ``enqueued/``
+(one rename, one winner).
+
+**Cancel.** An ENQUEUED task is cancelled by taking it (rename into ``tmp/``)
+and ending it FAILED. For a SCHEDULED or RUNNING task a file ``cancel`` is
+created in its task directory; the daemon holding it sees it, the handler
+can ask ``taskStatus.cancelled()``, and the task ends FAILED.
 
 **Queue limit.** With ``max_queue`` N > 0, an enqueue must first create one of
 the symlinks ``slots/0`` .. ``slots/N-1`` (creation is atomic and fails if it
@@ -188,16 +205,35 @@ def _decode(value: str) -> str:
     return value.replace("%7E", "~").replace("%2E", ".").replace("%25", "%")
 
 
-def make_key(type_id: str, task_id: str, stamp: int) -> str:
-    return f"{stamp:016x}~{_encode(type_id)}~{_encode(task_id)}"
+DEFAULT_PRIORITY = 5
+
+
+def validate_priority(value: object) -> int:
+    """:raises ValueError: not a whole number from 0 (least urgent) to 9 (most urgent)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
+        raise ValueError(f"priority must be a whole number from 0 (least urgent) to 9 (most urgent), not {value!r}")
+    return value
+
+
+def make_key(type_id: str, task_id: str, stamp: int, priority: int = DEFAULT_PRIORITY) -> str:
+    return f"{9 - priority}{stamp:016x}~{_encode(type_id)}~{_encode(task_id)}"
+
+
+def key_time(key: str) -> float:
+    """The enqueue time (spool clock, seconds) a key carries."""
+    return int(key[1:17], 16) / 1e9
+
+
+def key_priority(key: str) -> int:
+    return 9 - int(key[0])
 
 
 def parse_key(key: str) -> tuple[str, str]:
     """Return ``(type_id, task_id)`` of a key; ``ValueError`` if it is not one."""
     parts = key.split("~")
-    if len(parts) != 3 or len(parts[0]) != 16 or not all(parts):
+    if len(parts) != 3 or len(parts[0]) != 17 or not parts[0][0].isdigit() or not all(parts):
         raise ValueError(f"{key!r} is not a task key")
-    int(parts[0], 16)
+    int(parts[0][1:], 16)
     # a name planted by hand may decode to an identifier no enqueue accepts
     return validate_id(_decode(parts[1]), "task type"), validate_id(_decode(parts[2]), "task id")
 
@@ -216,6 +252,19 @@ class TaskType:
     maxrestart: int = 2
     #: free-form settings for the handler (JSON), fixed at registration, e.g. a command line
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: priority of its tasks unless the enqueue says otherwise (0..9, higher first)
+    priority: int = DEFAULT_PRIORITY
+    #: how often a task whose handler failed (raised) is tried again
+    retries: int = 0
+    #: seconds before the first retry; doubled for each further one, with jitter
+    backoff: float = 1.0
+    #: longest wait before a retry, seconds
+    backoff_max: float = 300.0
+
+    def retry_delay(self, n: int) -> float:
+        """Seconds before retry ``n`` (1, 2, ...): exponential, capped, with equal jitter."""
+        full = float(min(self.backoff_max, self.backoff * 2 ** (n - 1)))
+        return full / 2 + random.uniform(0, full / 2)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -232,6 +281,8 @@ class LogRecord:
     attempt: int | None = None
     progress: float | None = None
     restart: int | None = None
+    #: the failed-handler retry this entry schedules (1, 2, ...); 0 on a re-run
+    retry: int | None = None
 
     @property
     def when(self) -> datetime:
@@ -253,6 +304,11 @@ class TaskInfo:
     updated: float
     progress: float | None
     progress_message: str | None
+    priority: int = DEFAULT_PRIORITY
+    #: when a delayed task becomes due (spool clock), None if it is not delayed
+    not_before: float | None = None
+    #: who asked to cancel the task while it runs, None if nobody did
+    cancel_requested: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -338,7 +394,7 @@ def default_spool_path() -> Path:
     return Path(data) / "spoolatp" / "spool"
 
 
-STATE_DIRS = ("enqueued", "scheduled", "running", "finished", "failed")
+STATE_DIRS = ("enqueued", "delayed", "scheduled", "running", "finished", "failed")
 SPOOL_DIRS = ("types", "ids", "slots", "tmp", "quarantine", "daemons", "files", *STATE_DIRS)
 _DIR_OF = {
     State.ENQUEUED: "enqueued",
@@ -366,6 +422,8 @@ class Spool:
         self.on_event = on_event
         self._candidates: list[str] = []
         self._listed = 0.0  # time.monotonic() of the listing _candidates came from
+        self._listed_mtime = 0  # mtime (ns) of enqueued/ when it was listed
+        self._list_cost = 0.0  # seconds the last listing took
         self._settings: tuple[float, dict[str, Any]] | None = None
         self._types: dict[str, tuple[float, TaskType]] = {}
         self._offset: tuple[float, float] | None = None
@@ -481,6 +539,11 @@ class Spool:
         timeret: float = -1,
         maxrestart: int = 2,
         options: dict[str, Any] | None = None,
+        *,
+        priority: int = DEFAULT_PRIORITY,
+        retries: int = 0,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
     ) -> TaskType:
         """Create or replace a task type (an upsert every host sees)."""
         validate_id(name, "task type")
@@ -498,7 +561,25 @@ class Spool:
             json.dumps(options or {})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"options of task type {name!r} must be JSON-serialisable: {exc}") from None
-        ttype = TaskType(name, handler.strip(), float(timeout), float(timeret), maxrestart, dict(options or {}))
+        validate_priority(priority)
+        if not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries of task type {name!r} must be a whole number >= 0, not {retries!r}")
+        if not isinstance(backoff, (int, float)) or not isinstance(backoff_max, (int, float)) or backoff < 0:
+            raise ValueError(f"backoff of task type {name!r} must be a number of seconds >= 0, not {backoff!r}")
+        if backoff_max < backoff:
+            raise ValueError(f"backoff_max of task type {name!r} ({backoff_max}) is below its backoff ({backoff})")
+        ttype = TaskType(
+            name,
+            handler.strip(),
+            float(timeout),
+            float(timeret),
+            maxrestart,
+            dict(options or {}),
+            priority,
+            retries,
+            float(backoff),
+            float(backoff_max),
+        )
         self._write_json(self.path / "types" / f"{_encode(name)}.json", ttype.to_json())
         self._types.pop(name, None)
         return ttype
@@ -516,6 +597,7 @@ class Spool:
             ttype = TaskType(
                 **{k: data[k] for k in ("name", "handler", "timeout", "timeret", "maxrestart")},
                 options=dict(data.get("options") or {}),
+                **{k: data[k] for k in ("priority", "retries", "backoff", "backoff_max") if k in data},
             )
         except FileNotFoundError:
             raise UnknownTaskType(name, self) from None
@@ -534,18 +616,33 @@ class Spool:
 
     # ------------------------------------------------------------------ producer
 
-    def enqueue(self, type_id: str, task_id: str, input: Any = None, message: str = "") -> str:
+    def enqueue(
+        self,
+        type_id: str,
+        task_id: str,
+        input: Any = None,
+        message: str = "",
+        *,
+        priority: int | None = None,
+        not_before: datetime | float | None = None,
+    ) -> str:
         """Add a task; return its key.
 
-        :raises ValueError: bad identifier. :raises UnknownTaskType:
+        :param priority: 0..9, higher first; default: the type's.
+        :param not_before: a :class:`~datetime.datetime` (naive means local
+            time), or seconds from now: the task is ENQUEUED but not dequeued
+            before then, judged by the spool's clock.
+        :raises ValueError: bad identifier, priority or time. :raises UnknownTaskType:
         :raises TaskExists: the pair is taken. :raises QueueFull: the limit is reached.
         :raises TypeError: the input cannot be pickled.
         """
         validate_id(type_id, "task type")
         validate_id(task_id, "task id")
-        self.get_type(type_id)
+        ttype = self.get_type(type_id)
+        priority = validate_priority(ttype.priority if priority is None else priority)
         now = self.clock()
-        key = make_key(type_id, task_id, int(now * 1e9))
+        due = _due(not_before, now)
+        key = make_key(type_id, task_id, int(now * 1e9), priority)
         record = {
             "type": type_id,
             "id": task_id,
@@ -572,7 +669,10 @@ class Spool:
                 record["slot"] = slot = self._take_slot(key, limit)
                 payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
             self._write_new(tmp / "task", seal(TASK_MAGIC, payload))
-            if not _move(tmp, self.path / "enqueued" / key, proof="src"):  # publish: whole or not at all
+            dest = (
+                self.path / "enqueued" / key if due is None else self.path / "delayed" / f"{int(due * 1e9):016x}~{key}"
+            )
+            if not _move(tmp, dest, proof="src"):  # publish: whole or not at all
                 raise FileNotFoundError(f"{tmp} vanished before it was published (swept as a crash leftover?)")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -648,6 +748,9 @@ class Spool:
                     path = base / server / key
                     if os.path.isdir(path):
                         return path, state, server
+            for entry in _listdir(self.path / "delayed"):  # few, usually: only delayed tasks are listed here
+                if entry.endswith("~" + key) and entry.partition("~")[2] == key:
+                    return self.path / "delayed" / entry, State.ENQUEUED, None
         raise FileNotFoundError(key)
 
     def _find(self, type_id: str, task_id: str) -> tuple[Path, State, str | None, str]:
@@ -669,9 +772,15 @@ class Spool:
         type_id, task_id = parse_key(key)
         journal = self._journal(path)
         attempts = sum(1 for r in journal if r.state is State.SCHEDULED)
-        restarts = max((r.restart or 0 for r in journal), default=0)
+        restarts = _last(journal, "restart")
         progress = [r for r in journal if r.progress is not None]
-        enqueued = int(key[:16], 16) / 1e9
+        enqueued = key_time(key)
+        not_before = None
+        if path.parent.name == "delayed":
+            not_before = int(path.name.partition("~")[0], 16) / 1e9
+        cancel = None
+        if state in (State.SCHEDULED, State.RUNNING):
+            cancel = self._cancel_marker(path)
         return TaskInfo(
             type_id,
             task_id,
@@ -684,6 +793,9 @@ class Spool:
             journal[-1].time if journal else enqueued,
             progress[-1].progress if progress else None,
             progress[-1].message if progress else None,
+            key_priority(key),
+            not_before,
+            cancel,
         )
 
     def log(self, type_id: str, task_id: str) -> list[LogRecord]:
@@ -697,7 +809,7 @@ class Spool:
             except CorruptTaskFile:
                 raise
             except Exception:  # an input of a class this process lacks: the key has the enqueue time
-                record = {"enqueued": int(key[:16], 16) / 1e9}
+                record = {"enqueued": key_time(key)}
             journal = self._journal(path)
             if not os.path.isdir(path):  # the journal was read after a move, maybe not at all
                 continue
@@ -803,6 +915,9 @@ class Spool:
                 entries = [(base / s / k, s, k) for s in _listdir(base) for k in _listdir(base / s)]
             else:
                 entries = [(base / k, None, k) for k in _listdir(base)]
+            if st is State.ENQUEUED:
+                delayed = self.path / "delayed"
+                entries += [(delayed / e, None, e.partition("~")[2]) for e in _listdir(delayed)]
             for path, server, key in sorted(entries, key=lambda e: e[2]):
                 try:
                     t, _ = parse_key(key)
@@ -820,7 +935,8 @@ class Spool:
             if st in (State.SCHEDULED, State.RUNNING):
                 out[st.name] = sum(len(_listdir(base / s)) for s in _listdir(base))
             else:
-                out[st.name] = sum(1 for k in _listdir(base) if not k.startswith("."))
+                out[st.name] = len(_listdir(base))
+        out["ENQUEUED"] += len(_listdir(self.path / "delayed"))
         return out
 
     # ------------------------------------------------------------------ consumer
@@ -833,11 +949,12 @@ class Spool:
         limit: int = 1,
         message: str = "",
     ) -> list[Claim]:
-        """Dequeue up to ``limit`` tasks, oldest first: ENQUEUED -> SCHEDULED.
+        """Dequeue up to ``limit`` tasks, most urgent and oldest first: ENQUEUED -> SCHEDULED.
 
         ``accept(type_id)`` restricts the claim to types this consumer can run.
         The queue is listed once and the sorted list is reused by later calls,
-        so the cost per task does not grow with the queue.
+        so the cost per task does not grow with the queue (see "Order" above
+        for when it is listed again). Delayed tasks that are due are promoted.
 
         :raises QueueEmpty: nothing (acceptable) is waiting.
         """
@@ -849,14 +966,12 @@ class Spool:
         claims: list[Claim] = []
         refreshed = False
         while len(claims) < limit:
-            # re-list once a second too: a task re-enqueued elsewhere goes back in front of the cached ones
-            if not self._candidates or (not refreshed and time.monotonic() - self._listed > CACHE_TTL):
-                if refreshed:
-                    break
-                self._candidates = sorted((k for k in _listdir(self.path / "enqueued") if k[:1] != "."), reverse=True)
-                self._listed = time.monotonic()
+            if not refreshed and (not self._candidates or self._listing_stale()):
+                self._relist()
                 refreshed = True
                 continue
+            if not self._candidates:
+                break
             key = self._candidates.pop()
             try:
                 type_id, _ = parse_key(key)
@@ -879,6 +994,41 @@ class Spool:
         if not claims:
             raise QueueEmpty(f"no task waiting in the spool at {self}")
         return claims
+
+    def _listing_stale(self) -> bool:
+        """Whether the cached listing of the queue should be refreshed before the next claim."""
+        age = time.monotonic() - self._listed
+        if age > CACHE_TTL:  # a task re-enqueued elsewhere goes back in front of the cached ones
+            return True
+        if age < max(0.05, 10 * self._list_cost):  # listing costs at most a tenth of the time
+            return False
+        return _mtime_ns(self.path / "enqueued") != self._listed_mtime  # something arrived (or left)
+
+    def _relist(self) -> None:
+        self.promote_due()
+        started = time.monotonic()
+        self._listed_mtime = _mtime_ns(self.path / "enqueued")  # before listing: a change during it is seen next time
+        self._candidates = sorted(_listdir(self.path / "enqueued"), reverse=True)
+        self._listed = time.monotonic()
+        self._list_cost = self._listed - started
+
+    def promote_due(self) -> float | None:
+        """Move delayed tasks that are due into ``enqueued/``; return when the next one is due."""
+        now = self.clock()
+        for entry in sorted(_listdir(self.path / "delayed")):
+            due, _, key = entry.partition("~")
+            try:
+                when = int(due, 16) / 1e9
+                parse_key(key)
+            except ValueError:
+                self._quarantine(self.path / "delayed" / entry, "name is not <16 hex digits>~<task key>")
+                continue
+            if when > now:
+                return when
+            # several promoters may race: one rename wins, and either way the task is where it belongs
+            _move(self.path / "delayed" / entry, self.path / "enqueued" / key, proof="dst")
+            self._listed = 0.0
+        return None
 
     def _claimed(self, path: Path, server: str, key: str, message: str) -> Claim | None:
         try:
@@ -1012,6 +1162,116 @@ class Spool:
                 ) from None
         self._emit(state.name.lower(), type_id=claim.type_id, task_id=claim.task_id, key=claim.key, message=message)
 
+    def retry_later(self, claim: Claim, reason: str, delay: float | None = None) -> State:
+        """After a failed attempt: try again after a backoff, or FAILED once the type's retries are used up.
+
+        :param delay: seconds to wait (a handler's ``Retry(delay=...)``);
+            default: the type's exponential backoff with jitter.
+        :raises ClaimLost:
+        """
+        ttype = self.get_type(claim.type_id)
+        path, _ = self._claim_path(claim)
+        done = _last(self._journal(path), "retry")
+        if done >= ttype.retries:
+            note = f"retries used up ({done} of {ttype.retries})" if ttype.retries else "the type allows no retries"
+            self._end(claim, State.FAILED, f"{reason}\n({note})")
+            return State.FAILED
+        n = done + 1
+        if delay is None:
+            delay = ttype.retry_delay(n)
+        elif delay < 0:
+            raise ValueError(f"a retry delay must not be negative, not {delay}")
+        due = self.clock() + delay
+        when = datetime.fromtimestamp(due, timezone.utc).isoformat(timespec="seconds")
+        note = f"retry {n} of {ttype.retries} in {delay:.1f} s (at {when}): {reason}"
+        self._append(path, State.ENQUEUED, note, claim, retry=n)
+        dest = self.path / "delayed" / f"{int(due * 1e9):016x}~{claim.key}"
+        if not _move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
+            raise ClaimLost(f"task {claim} was taken from server {claim.server!r}; its retry is discarded")
+        self._emit("reenqueued", type_id=claim.type_id, task_id=claim.task_id, key=claim.key, message=note)
+        return State.ENQUEUED
+
+    def cancel(self, type_id: str, task_id: str, by: str = "") -> State:
+        """Cancel a task: an ENQUEUED one ends FAILED at once; a running one is asked to stop.
+
+        Return FAILED when it ended, else its state (SCHEDULED or RUNNING):
+        the consumer holding it sees the request (``cancel_requested``) and
+        ends it. ``by`` says who cancelled, for the log.
+
+        :raises ValueError: the task has already ended. :raises TaskNotFound:
+        """
+        who = by or "someone"
+        for _ in range(10):
+            path, state, _, key = self._find(type_id, task_id)
+            if state.terminal:
+                raise ValueError(
+                    f"task {type_id!r}/{task_id!r} is already {state.name}; only ENQUEUED, SCHEDULED "
+                    "and RUNNING tasks can be cancelled"
+                )
+            if state is State.ENQUEUED:
+                grave = self.path / "tmp" / f"cancel~{secrets.token_hex(4)}~{key}"
+                if not _move(path, grave, proof="dst"):  # taking it fences every consumer: one winner
+                    continue  # claimed meanwhile: ask its holder instead
+                with contextlib.suppress(Exception):
+                    slot = self._read_record(grave, key, quarantine=False).get("slot")
+                    if slot is not None:
+                        self._unlink_if_points(self.path / "slots" / str(slot), key)
+                attempt = sum(1 for r in self._journal(grave) if r.state is State.SCHEDULED)
+                self._append(grave, State.FAILED, f"cancelled by {who}", None, attempt=attempt)
+                _move(grave, self.path / "failed" / key, proof="src")
+                self._emit("failed", type_id=type_id, task_id=task_id, key=key, message=f"cancelled by {who}")
+                return State.FAILED
+            data = json.dumps({"by": who, "t": self.clock()}).encode()
+            try:
+                # created inside the task directory: it travels with the task and dies with it
+                self._write_new(path / "cancel", data)
+            except FileExistsError:
+                pass  # asked already
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # it moved on meanwhile: look again
+            return state
+        raise TaskNotFound(type_id, task_id, self)
+
+    def cancel_requested(self, claim: Claim) -> str | None:
+        """Who asked to cancel this held task, or None; cheap enough to poll."""
+        for state in (State.RUNNING, State.SCHEDULED):
+            who = self._cancel_marker(self.path / _DIR_OF[state] / claim.server / claim.key)
+            if who is not None:
+                return who
+        return None
+
+    @staticmethod
+    def _cancel_marker(path: Path) -> str | None:
+        try:
+            with open(path / "cancel", "rb", opener=_nofollow) as f:
+                data = f.read(4096)
+        except OSError:
+            return None
+        try:
+            return str(json.loads(data).get("by") or "someone")
+        except (ValueError, AttributeError):
+            return "someone"
+
+    def rerun(self, type_id: str, task_id: str, message: str = "", by: str = "") -> None:
+        """Put a FAILED task back in the queue, keeping its history; its restart and retry budgets start afresh.
+
+        :raises ValueError: the task is not FAILED. :raises TaskNotFound:
+        """
+        path, state, _, key = self._find(type_id, task_id)
+        if state is not State.FAILED:
+            raise ValueError(f"task {type_id!r}/{task_id!r} is {state.name}; only FAILED tasks can be re-run")
+        grave = self.path / "tmp" / f"rerun~{secrets.token_hex(4)}~{key}"
+        if not _move(path, grave, proof="dst"):  # one winner if two operators re-run it at once
+            raise TaskNotFound(type_id, task_id, self)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(grave / "cancel")
+        attempt = sum(1 for r in self._journal(grave) if r.state is State.SCHEDULED)
+        note = message or f"re-run requested by {by or 'someone'}"
+        self._append(grave, State.ENQUEUED, note, None, attempt=attempt, restart=0, retry=0)
+        _move(grave, self.path / "enqueued" / key, proof="src")  # back under its old key: it keeps its place
+        self._listed = 0.0
+        self._emit("reenqueued", type_id=type_id, task_id=task_id, key=key, message=note)
+
     # ------------------------------------------------------------------ maintenance
 
     def abandon(self, claim: Claim, reason: str, *, count: bool = True) -> State | None:
@@ -1075,7 +1335,7 @@ class Spool:
             maxrestart = self.get_type(type_id).maxrestart
         except UnknownTaskType:
             maxrestart = 0
-        restarts = max((r.restart or 0 for r in journal), default=0)
+        restarts = _last(journal, "restart")
         if count and restarts >= maxrestart:
             message = f"{reason}; restart limit of {maxrestart} used up, giving up"
             self._append(grave, State.FAILED, message, None, attempt=attempt)
@@ -1146,7 +1406,7 @@ class Spool:
             kind, _, rest = entry.partition("~")
             key = rest.partition("~")[2]
             try:
-                if kind == "reap" and os.path.isdir(path):
+                if kind in ("reap", "cancel", "rerun") and os.path.isdir(path):
                     self._settle(path, key, "recovered after a crash during re-enqueue", count=False)
                 elif kind in ("del", "enq") and key:
                     self._bury(path, key)
@@ -1175,7 +1435,7 @@ class Spool:
             record = pickle.loads(payload)  # only after the checksum matched
             if not isinstance(record, dict) or {"type", "id", "input", "enqueued"} - record.keys():
                 raise CorruptTaskFile(file, "record lacks type, id, input or enqueued")
-            if make_key(record["type"], record["id"], int(key[:16], 16)) != key:
+            if make_key(record["type"], record["id"], int(key[1:17], 16), key_priority(key)) != key:
                 raise CorruptTaskFile(file, "record does not belong to its directory name")
             return record
         except (CorruptTaskFile, OSError, pickle.UnpicklingError, ValueError, EOFError) as exc:
@@ -1206,8 +1466,11 @@ class Spool:
         attempt: int | None = None,
         progress: float | None = None,
         restart: int | None = None,
+        retry: int | None = None,
     ) -> None:
         entry: dict[str, Any] = {"t": self.clock(), "s": int(state) if state else None, "m": message}
+        if retry is not None:
+            entry["retry"] = retry
         if claim is not None:
             entry["srv"], entry["att"] = claim.server, claim.attempt
         elif attempt is not None:
@@ -1250,6 +1513,7 @@ class Spool:
                         e.get("att"),
                         float(e["p"]) if e.get("p") is not None else None,
                         e.get("restart"),
+                        e.get("retry"),
                     )
                 )
             except (ValueError, KeyError, TypeError):
@@ -1303,6 +1567,30 @@ def _host_time() -> float:
 _CLOCK_OFFSET = float(os.environ.get("SPOOLATP_CLOCK_OFFSET") or 0.0)
 
 
+def _due(not_before: datetime | float | None, now: float) -> float | None:
+    """When a task may start (spool clock), from ``not_before``; None for at once."""
+    if not_before is None:
+        return None
+    if isinstance(not_before, datetime):
+        # a wall-clock time means the same instant on every host: shift it onto the spool's clock
+        due = not_before.timestamp() - _host_time() + now
+        return due if due > now else None
+    if isinstance(not_before, bool) or not isinstance(not_before, (int, float)) or not_before != not_before:
+        raise ValueError(f"not_before must be a datetime or a number of seconds, not {not_before!r}")
+    if not_before < 0:
+        raise ValueError(f"not_before must not be negative ({not_before} s); give a delay from now in seconds")
+    return now + not_before if not_before > 0 else None
+
+
+def _last(journal: list[LogRecord], field: str) -> int:
+    """The latest value of a counter (``restart``, ``retry``) in a journal; a re-run sets them to 0."""
+    for rec in reversed(journal):
+        value = getattr(rec, field)
+        if value is not None:
+            return int(value)
+    return 0
+
+
 def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
@@ -1325,6 +1613,13 @@ def _mtime(path: Path, default: Any, *, follow: bool = True) -> Any:
         return os.stat(path, follow_symlinks=follow).st_mtime
     except OSError:
         return default
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def _ctime(path: Path, default: Any) -> Any:

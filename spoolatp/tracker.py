@@ -178,6 +178,10 @@ class TaskStatus:
         """Report progress, a fraction between 0 and 1, shown in the task's status and log."""
         self._spool.note(self.handle, message, progress=float(fraction))
 
+    def cancelled(self) -> bool:
+        """Whether someone asked to cancel this task; a handler should stop soon when it is."""
+        return self._spool.cancel_requested(self.handle) is not None
+
     @property
     def task_type(self) -> TaskType:
         """The task's registered type, with the ``options`` fixed at registration."""

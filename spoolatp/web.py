@@ -69,7 +69,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"the web dashboard needs the 'web' extra: pip install 'spoolatp[web]' ({exc})") from exc
 
 from spoolatp.errors import CorruptTaskFile, ResponseNotFound, SpoolError, TaskNotFound
-from spoolatp.spool import RESPONSE_MAGIC, TASK_MAGIC, LogRecord, Spool, State, parse_key, unseal
+from spoolatp.spool import RESPONSE_MAGIC, TASK_MAGIC, LogRecord, Spool, State, key_time, parse_key, unseal
 
 #: seconds between refreshes of a page's live part (a finished task's page: ENDED_REFRESH)
 REFRESH = 2.0
@@ -402,7 +402,7 @@ def _summary(key: str, journal: list[LogRecord], server: str | None) -> dict[str
     attempts = sum(1 for r in journal if r.state is State.SCHEDULED)
     progress = [r for r in journal if r.progress is not None]
     servers = [r.server for r in journal if r.server]
-    enqueued = int(key[:16], 16) / 1e9
+    enqueued = key_time(key)
     return {
         "holder": server or (servers[-1] if servers else None),
         "attempts": attempts,
@@ -858,7 +858,7 @@ def _sane_mime(mime: str) -> bool:
 
 
 def _stamp(key: str) -> float:
-    return int(key[:16], 16) / 1e9
+    return key_time(key)
 
 
 def _float(value: Any, default: float) -> float:

@@ -225,6 +225,10 @@ def test_register_stores_timeouts_and_options_and_types_lists_them(spool: Spool)
         "maxrestart": 3,
         "options": {"level": 3, "name": "abc"},
         "hot_folder": None,
+        "priority": 5,
+        "retries": 0,
+        "backoff": 1.0,
+        "backoff_max": 300.0,
     }
     assert spool.get_type("Sum2").options == {"level": 3, "name": "abc"}
     assert [t["name"] for t in ok(spool, "types")["types"]] == [TYPE, "Sum2"]

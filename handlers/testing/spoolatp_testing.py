@@ -6,7 +6,8 @@ Their names are stable; daemon tests depend on them.
 handler             input                                       what it does
 ==================  ==========================================  =====================================================
 ``testing.sleep``   seconds, or ``{"seconds": s, "steps": n}``  sleeps ``s`` seconds in ``n`` steps (default 1),
-                                                                reporting progress after each step and logging
+                                                                reporting progress after each step and logging;
+                                                                stops after a step once the task is cancelled
 ``testing.raise``   anything                                    raises ``RuntimeError(str(input))``
 ``testing.exit``    an exit code (default 3)                    ``os._exit(input or 3)``: the worker dies at once
 ``testing.hang``    ignored                                     sleeps until killed
@@ -16,6 +17,9 @@ handler             input                                       what it does
                                                                 or its ``repr`` (``text/plain``) if it is not JSON
 ``testing.marker``  ``{"path": p, "sleep": s}`` or ``p``        appends ``"<type>/<id> <pid>\\n"`` to file ``p``,
                                                                 then sleeps ``s`` seconds (default 0)
+``testing.flaky``   ``{"fail": n, "counter": p,``               fails its first ``n`` attempts (raising
+                    ``"retry_delay": s}``                       ``Retry(delay=s)`` if ``retry_delay`` is given),
+                                                                then succeeds; attempts are counted in file ``p``
 ==================  ==========================================  =====================================================
 
 ``testing.marker`` proves that each task runs exactly once: count the lines
@@ -29,9 +33,10 @@ import json
 import math
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spoolatp import hookimpl
+from spoolatp import Retry, hookimpl
 
 if TYPE_CHECKING:
     from spoolatp.plugins import Register
@@ -65,6 +70,9 @@ def sleep(taskStatus: TaskStatus, input: Any) -> None:
     for step in range(1, steps + 1):
         time.sleep(seconds / steps)
         taskStatus.progress(step / steps, f"step {step} of {steps}")
+        if taskStatus.cancelled():  # cooperative: stop at the next step once someone cancelled the task
+            taskStatus.log(f"cancelled after step {step} of {steps}: stopping")
+            return
     taskStatus.log(f"slept {seconds:g} s")
 
 
@@ -126,6 +134,26 @@ def marker(taskStatus: TaskStatus, input: Any) -> None:
     time.sleep(pause)
 
 
+def flaky(taskStatus: TaskStatus, input: Any) -> None:
+    """Fail the first ``fail`` attempts, then succeed.
+
+    Input ``{"fail": n, "counter": path, "retry_delay": s}``: attempts are
+    counted in the local file ``counter``; a failing attempt raises
+    RuntimeError, or ``spoolatp.Retry(delay=s)`` when ``retry_delay`` is given.
+    """
+    if not isinstance(input, dict) or not isinstance(input.get("counter"), str):
+        raise ValueError("testing.flaky takes {'fail': n, 'counter': path, 'retry_delay': seconds or absent}")
+    counter = Path(input["counter"])
+    with open(counter, "a+") as f:
+        f.write("x")
+    attempt = len(counter.read_text())
+    if attempt <= int(input.get("fail", 1)):
+        if input.get("retry_delay") is not None:
+            raise Retry(f"attempt {attempt} asks for a retry", delay=float(input["retry_delay"]))
+        raise RuntimeError(f"flaky failure on attempt {attempt}")
+    taskStatus.storeResponse(f"ok on attempt {attempt}", "text/plain")
+
+
 @hookimpl
 def spoolatp_register_handlers(register: Register) -> None:
     register("testing.sleep", sleep)
@@ -135,3 +163,4 @@ def spoolatp_register_handlers(register: Register) -> None:
     register("testing.large", large)
     register("testing.echo", echo)
     register("testing.marker", marker)
+    register("testing.flaky", flaky)
