@@ -1,0 +1,59 @@
+"""Shared fixtures and guards for the spoolatp test suite.
+
+- ``spool``: a fresh :class:`spoolatp.Spool` in ``tmp_path``.
+- ``tracker_spool``: the same, selected for this process's tracker API.
+- an autouse guard failing any test that leaves child processes or threads behind.
+
+Warnings are errors and every test has a timeout: both come from ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spoolatp import Spool, tracker
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_children_or_threads() -> Iterator[None]:
+    """Fail the test if it leaves child processes or threads running."""
+    threads_before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        children = multiprocessing.active_children()  # also reaps finished children
+        threads = [t for t in threading.enumerate() if t not in threads_before and t.is_alive()]
+        if not children and not threads:
+            return
+        time.sleep(0.05)
+    for child in children:
+        child.kill()
+        child.join(5)
+    pytest.fail(f"test leaked child processes {children} or threads {threads}")
+
+
+@pytest.fixture
+def spool_path(tmp_path: Path) -> Path:
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def spool(spool_path: Path) -> Spool:
+    """A fresh spool in ``tmp_path``."""
+    return Spool(spool_path)
+
+
+@pytest.fixture
+def tracker_spool(spool_path: Path) -> Iterator[Spool]:
+    """A fresh spool selected for this process's tracker API; the selection is undone after."""
+    old = tracker._selected
+    spool = tracker.use_spool(spool_path)
+    yield spool
+    tracker._selected = old
+    tracker._spools.pop(str(spool.path), None)
