@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import socket
+import stat
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -49,7 +50,7 @@ from spoolatp.errors import (
     SpoolError,
     UnknownTaskType,
 )
-from spoolatp.spool import Claim, Spool, State, validate_id
+from spoolatp.spool import KEY_ENV, SPOOL_DIRS, Claim, Spool, State, validate_id
 
 log = logging.getLogger(__name__)
 
@@ -101,20 +102,60 @@ def mount_advice(kind: str, options: list[str]) -> list[str]:
                 advice.append(f"{key}={opts[key]} delays what other hosts see; use actimeo=1 or less")
     elif kind == "fuse.sshfs":
         advice.append(
-            "sshfs caches directories for 20 s by default; mount with "
-            "-o dir_cache=no,entry_timeout=0,attr_timeout=0,negative_timeout=0,reconnect (not visible here)"
+            "sshfs caches directories for 20 s by default; make sure it is mounted with "
+            "-o dir_cache=no,entry_timeout=0,attr_timeout=0,negative_timeout=0,reconnect"
         )
     return advice
+
+
+def trust_warnings(spool: Spool) -> list[str]:
+    """What makes the spool easier to subvert than it should be: one line each.
+
+    An unsigned spool (its pickles are trusted); the spool, its directories,
+    ``spool.json`` or a task type writable by others (anyone could plant a
+    task or change what a type runs); a parent directory writable by others
+    without the sticky bit (anyone could replace the spool). ``drop/`` is
+    exempt: opening it to others is a documented choice (docs/security.md).
+    """
+    out = []
+    if not spool.check_key():
+        out.append(
+            f"spool {spool.path} is not signed: every task file in it is trusted, so whoever can write to it can "
+            f"run code as this daemon's user; give it a key (`spoolatp init --key-file`, {KEY_ENV}; docs/security.md)"
+        )
+    paths = [spool.path, spool.path / "spool.json"]
+    paths += [spool.path / name for name in SPOOL_DIRS]
+    paths += sorted((spool.path / "types").glob("*.json"))
+    for path in paths:
+        with contextlib.suppress(OSError):
+            mode = os.lstat(path).st_mode
+            if mode & stat.S_IWOTH:
+                out.append(
+                    f"{path} is writable by others (mode {stat.S_IMODE(mode):04o}): anyone on this host "
+                    f"can plant or change what the daemon runs; run `chmod o-w {path}`"
+                )
+    parent = spool.path.absolute().parent
+    while True:
+        with contextlib.suppress(OSError):
+            mode = os.stat(parent).st_mode
+            if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+                out.append(f"{parent} is writable by others without the sticky bit: anyone can replace the spool")
+        if parent.parent == parent:
+            break
+        parent = parent.parent
+    return out
 
 
 # --------------------------------------------------------------------------- workers
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, spool_path: str) -> None:
+def _worker_main(conn: multiprocessing.connection.Connection, spool_path: str, key_file: str | None = None) -> None:
     """Run claims sent by the main process until it sends None or goes away."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
+    if key_file is not None:
+        os.environ[KEY_ENV] = key_file  # so the tracker's spools (a handler's TaskStatus) sign with it too
     spool = Spool(spool_path, on_event=plugins.notify)
     while True:
         try:
@@ -123,7 +164,11 @@ def _worker_main(conn: multiprocessing.connection.Connection, spool_path: str) -
             return
         if claim is None:
             return
-        conn.send(run_claim(spool, claim))
+        try:
+            result = run_claim(spool, claim)
+        except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
+            result = ("unrecorded", f"{exc}; the task is given back when its timeout has passed")
+        conn.send(result)
 
 
 def _die_with_parent() -> None:
@@ -311,15 +356,19 @@ class Daemon:
         rescan: float = 2.0,
         cancel_grace: float = 10.0,
         burst: bool = False,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         path = spool.path if isinstance(spool, Spool) else Path(spool)
-        self.spool = Spool(path, on_event=plugins.notify)
+        if key_file is None and isinstance(spool, Spool):
+            key_file = spool.key_file
+        self.spool = Spool(path, on_event=plugins.notify, key_file=key_file)
         self.server_id = validate_id(server_id or default_server_id(), "server id")
         self.workers = workers if workers is not None else os.cpu_count() or 1
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
             raise ValueError(f"max_tasks_per_worker must be at least 1, not {max_tasks_per_worker}")
+        self._key_file = None if self.spool.key_file is None else str(self.spool.key_file)
         for name, value in (("grace", grace), ("sweep_interval", sweep_interval), ("heartbeat", heartbeat)):
             if value < 0 or (name != "grace" and value == 0):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
@@ -376,8 +425,13 @@ class Daemon:
     # ------------------------------------------------------------------ main loop
 
     def run(self) -> int:
-        """Serve the spool until stopped (or, in burst mode, until the queue is empty); return 0."""
+        """Serve the spool until stopped (or, in burst mode, until the queue is empty); return 0.
+
+        :raises SigningKeyError: this host's key does not fit the spool (checked before anything runs).
+        """
         spool = self.spool
+        for warning in trust_warnings(spool):  # check_key() in there refuses a key that does not fit
+            self._warn("%s", warning)
         fs, options = filesystem_of(spool.path)
         poll = self.poll
         if fs in NETWORK_FS:
@@ -389,7 +443,8 @@ class Daemon:
                 poll,
             )
             for advice in mount_advice(fs, options):
-                self._warn("mount of %s: %s", spool.path, advice)
+                # sshfs hides its options from /proc/mounts: there it is a reminder, not a finding
+                (self._info if fs == "fuse.sshfs" else self._warn)("mount of %s: %s", spool.path, advice)
         spool.clock()  # measures this host's offset from the spool's clock, and warns if it is large
         self._info(
             "serving spool %s (%s) with %d workers%s",
@@ -409,8 +464,11 @@ class Daemon:
         )
         observer.start()
         try:
-            for t, i, st in spool.recover(self.server_id):
-                self._info("task %s/%s left by an earlier run of this server: %s", t, i, st.name)
+            try:
+                for t, i, st in spool.recover(self.server_id):
+                    self._info("task %s/%s left by an earlier run of this server: %s", t, i, st.name)
+            except OSError as exc:  # a full or read-only spool: they are reaped as zombies once it recovers
+                self._warn("could not take back tasks of an earlier run: %s (their timeout will)", exc)
             for _ in range(self.workers):
                 self._spawn()
             self._loop(poll)
@@ -458,7 +516,11 @@ class Daemon:
                 next_scan = now + rescan
             if self._delayed_changed or (self._next_due is not None and self.spool.clock() >= self._next_due):
                 self._delayed_changed = False
-                self._next_due = self.spool.promote_due()
+                try:
+                    self._next_due = self.spool.promote_due()
+                except OSError as exc:  # read-only or failing spool: the next scan tries again
+                    self._warn("could not promote delayed tasks in %s: %s (will retry)", self.spool.path, exc)
+                    self._next_due = None
                 want_claim = True
             if self._busy() and now >= next_cancel_check:
                 self._check_cancels(now)
@@ -543,7 +605,7 @@ class Daemon:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child, str(self.spool.path)),
+            args=(child, str(self.spool.path), self._key_file),
             name=f"spoolatp-worker-{self.server_id}",
             daemon=True,
         )
@@ -618,7 +680,7 @@ class Daemon:
             elif now >= w.kill_at:
                 claim, who = w.claim, w.cancel_by
                 self._kill(w)
-                with contextlib.suppress(ClaimLost):
+                with contextlib.suppress(ClaimLost, OSError):  # OSError: its timeout gives it back later
                     if self.spool.ended(claim) is None:
                         self.spool.fail(
                             claim, f"cancelled by {who}; killed after ignoring it for {self.cancel_grace:g} s"

@@ -33,17 +33,41 @@ path component.
 **Task directory.** Each task is a directory holding:
 
 - ``task``: written once at enqueue, never changed. A header line
-  ``SPOOLATP-TASK 1 <length> <sha256>`` then the pickled record
+  ``SPOOLATP-TASK 1 <length> <sha256>`` (unsigned spool) or
+  ``SPOOLATP-TASK 2 <length> hmac-sha256:<KEYID>:<MAC>`` (signed spool, see
+  below) then the pickled record
   ``{"type", "id", "input", "enqueued", "message", "slot"}``. A file whose
-  header, length or checksum is wrong is never unpickled: its task is moved
-  to ``quarantine/`` with the reason.
+  header, length, checksum or signature is wrong is never unpickled: its
+  task is moved to ``quarantine/`` with the reason.
 - ``journal``: JSON lines appended by whoever holds the task, one per state
   change, log message or progress report:
   ``{"t": time, "s": state code or null, "m": message, "srv": server,
   "att": attempt, "p": progress fraction, "restart": n}``. The task's
   history is the enqueue record followed by the journal.
 - ``response``: optional, written by the handler (tmp name then rename):
-  header line ``SPOOLATP-RESPONSE 1 <length> <sha256> <JSON meta>`` then the bytes.
+  header line ``SPOOLATP-RESPONSE 1 <length> <sha256> <JSON meta>`` (or
+  ``2 <length> hmac-sha256:<KEYID>:<MAC> <JSON meta>``) then the bytes.
+
+**Signed spools.** A spool whose ``spool.json`` says ``"signed": true`` has
+a secret key that never lives in the spool: each process gets it from
+``Spool(key_file=...)`` or ``$SPOOLATP_KEY_FILE``; ``spool.json`` records
+only ``key_id`` (the first 8 hex digits of the key's SHA-256), so a host
+with another key is refused before it reads anything. Task and response
+files then carry format 2: ``MAC`` is HMAC-SHA256 under the key over
+``MAGIC NUL LENGTH NUL KEY NUL META NUL PAYLOAD``, binding the file to its
+kind and to its task's KEY (a signed file copied to another task or
+priority does not verify). A reader checks it (``hmac.compare_digest``)
+before anything is unpickled; a format 1 file, or a wrong MAC, is
+quarantined. ``types/*.json`` carry a ``"hmac"`` member over their other
+members and name. Journals, heartbeats and ``cancel`` files are JSON, never
+unpickled, and unsigned. A process that has a key refuses a spool that is
+not signed (``spool.json`` lives in the spool; it cannot lower the bar).
+
+**Links.** Nothing found in the spool is followed out of it: files are
+opened ``O_NOFOLLOW``, a task "directory" that is a symbolic link is
+quarantined (moved, never followed), the text of an ``ids/`` or ``slots/``
+link is used only after it parses as a task key, and identifiers are
+checked (:func:`validate_id`) wherever they enter.
 
 **State is where the directory is.** Every state change is one ``rename`` of
 the task directory within the spool's file system, so a reader sees a task
@@ -88,11 +112,13 @@ import dataclasses
 import enum
 import errno
 import hashlib
+import hmac
 import json
 import logging
 import os
 import pickle
 import random
+import re
 import secrets
 import shutil
 import stat
@@ -100,7 +126,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from spoolatp.errors import (
     ClaimLost,
@@ -108,18 +134,30 @@ from spoolatp.errors import (
     QueueEmpty,
     QueueFull,
     ResponseNotFound,
+    SigningKeyError,
+    SpoolError,
+    StorageError,
     TaskExists,
     TaskNotFound,
+    TaskTooLarge,
     UnknownTaskType,
 )
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+#: the format of task and response files in a signed spool (HMAC in place of the checksum)
+SIGNED_FORMAT = 2
 TASK_MAGIC = b"SPOOLATP-TASK"
 RESPONSE_MAGIC = b"SPOOLATP-RESPONSE"
 MAX_TYPE_BYTES = 64
 MAX_ID_BYTES = 150
+#: the environment variable naming this process's key file
+KEY_ENV = "SPOOLATP_KEY_FILE"
+#: default of the setting ``max_input_bytes``: largest pickled task record (64 MiB)
+MAX_INPUT_BYTES = 64 << 20
+#: default of the setting ``max_response_bytes``: largest response (256 MiB)
+MAX_RESPONSE_BYTES = 256 << 20
 #: seconds a private entry in tmp/ must be old before a sweep treats it as left by a crash
 TMP_GRACE = 300.0
 #: seconds a cached setting or task type is trusted before it is read again
@@ -228,12 +266,17 @@ def key_priority(key: str) -> int:
     return 9 - int(key[0])
 
 
+_KEY_HEAD = re.compile(r"[0-9][0-9a-f]{16}")
+
+
 def parse_key(key: str) -> tuple[str, str]:
-    """Return ``(type_id, task_id)`` of a key; ``ValueError`` if it is not one."""
+    """Return ``(type_id, task_id)`` of a key; ``ValueError`` if it is not one.
+
+    A string that passes is one safe path component (no ``/``, NUL, ``..``).
+    """
     parts = key.split("~")
-    if len(parts) != 3 or len(parts[0]) != 17 or not parts[0][0].isdigit() or not all(parts):
-        raise ValueError(f"{key!r} is not a task key")
-    int(parts[0][1:], 16)
+    if len(parts) != 3 or not _KEY_HEAD.fullmatch(parts[0]) or not all(parts):
+        raise ValueError(f"{key[:200]!r} is not a task key")
     # a name planted by hand may decode to an identifier no enqueue accepts
     return validate_id(_decode(parts[1]), "task type"), validate_id(_decode(parts[2]), "task id")
 
@@ -348,19 +391,31 @@ class StartedTask:
         return iter((self.type_id, self.task_id, self.handler, self.input))
 
 
-def seal(magic: bytes, payload: bytes, meta: str = "") -> bytes:
-    """Prefix ``payload`` with a header line carrying format, length and checksum."""
-    digest = hashlib.sha256(payload).hexdigest()
-    head = b"%s %d %d %s" % (magic, FORMAT, len(payload), digest.encode())
+def seal(magic: bytes, payload: bytes, meta: str = "", *, key: bytes | None = None, bind: str = "") -> bytes:
+    """Prefix ``payload`` with a header line carrying format, length and checksum.
+
+    With ``key``, the header carries an HMAC instead (format 2) that also
+    covers ``meta`` and ``bind`` (the task's KEY, not written): the file then
+    verifies only as this kind of file of this very task.
+    """
+    if key is None:
+        head = b"%s %d %d %s" % (magic, FORMAT, len(payload), hashlib.sha256(payload).hexdigest().encode())
+    else:
+        mac = _mac(key, magic, payload, meta.encode(), bind)
+        head = b"%s %d %d hmac-sha256:%s:%s" % (magic, SIGNED_FORMAT, len(payload), key_id(key).encode(), mac)
     if meta:
         head += b" " + meta.encode()
     return head + b"\n" + payload
 
 
-def unseal(magic: bytes, data: bytes, path: object) -> tuple[bytes, str]:
+def unseal(magic: bytes, data: bytes, path: object, *, key: bytes | None = None, bind: str = "") -> tuple[bytes, str]:
     """Check a sealed file and return ``(payload, meta)``; never unpickles anything.
 
-    :raises CorruptTaskFile: wrong magic, unknown format, truncated or bad checksum.
+    Without ``key`` the file must be format 1 with a matching checksum; with
+    ``key`` it must be format 2, signed by that key for task ``bind``.
+
+    :raises CorruptTaskFile: wrong magic, unknown format, truncated, bad
+        checksum, missing or wrong signature.
     """
     head, sep, payload = data.partition(b"\n")
     if not sep:
@@ -368,7 +423,7 @@ def unseal(magic: bytes, data: bytes, path: object) -> tuple[bytes, str]:
     parts = head.split(b" ", 4)
     if len(parts) < 4 or parts[0] != magic:
         raise CorruptTaskFile(path, f"header does not start with {magic.decode()!r}")
-    if parts[1] != str(FORMAT).encode():
+    if parts[1] not in (b"%d" % FORMAT, b"%d" % SIGNED_FORMAT):
         raise CorruptTaskFile(path, f"unknown format version {parts[1][:10]!r}")
     try:
         length = int(parts[2])
@@ -376,10 +431,128 @@ def unseal(magic: bytes, data: bytes, path: object) -> tuple[bytes, str]:
         raise CorruptTaskFile(path, "length in header is not a number") from None
     if len(payload) != length:
         raise CorruptTaskFile(path, f"truncated: header says {length} bytes, file has {len(payload)}")
-    if hashlib.sha256(payload).hexdigest().encode() != parts[3]:
-        raise CorruptTaskFile(path, "checksum mismatch (file altered or damaged)")
-    meta = parts[4].decode("utf-8", "replace") if len(parts) > 4 else ""
-    return payload, meta
+    meta = parts[4] if len(parts) > 4 else b""
+    if parts[1] == b"%d" % FORMAT:
+        if key is not None:
+            raise CorruptTaskFile(
+                path, "not signed, but the spool requires a signature (written without the spool's key, or forged)"
+            )
+        if hashlib.sha256(payload).hexdigest().encode() != parts[3]:
+            raise CorruptTaskFile(path, "checksum mismatch (file altered or damaged)")
+    else:
+        if key is None:
+            raise CorruptTaskFile(path, f"signed, but this process has no key to check it (set {KEY_ENV})")
+        scheme, _, rest = parts[3].partition(b":")
+        signer, _, mac = rest.partition(b":")
+        if scheme != b"hmac-sha256" or not mac:
+            raise CorruptTaskFile(path, "signature is not of the form hmac-sha256:<key id>:<mac>")
+        if signer != key_id(key).encode():
+            shown = signer[:16].decode("ascii", "replace")
+            raise CorruptTaskFile(path, f"signed with another key (id {shown!r}; the spool's is {key_id(key)})")
+        # compared in constant time, and before anything reads the payload as more than bytes
+        if not hmac.compare_digest(_mac(key, magic, payload, meta, bind), mac):
+            raise CorruptTaskFile(path, "signature mismatch (forged, altered, or copied from another task)")
+    return payload, meta.decode("utf-8", "replace")
+
+
+def _mac(key: bytes, magic: bytes, payload: bytes, meta: bytes, bind: str) -> bytes:
+    mac = hmac.new(
+        key, b"%s\0%d\0%s\0%s\0" % (magic, len(payload), bind.encode("utf-8", "surrogateescape"), meta), "sha256"
+    )
+    mac.update(payload)
+    return mac.hexdigest().encode()
+
+
+def _type_mac(key: bytes, name: str, data: dict[str, Any]) -> str:
+    """The ``hmac`` member of a signed task type file: over its name and its other members."""
+    body = json.dumps({k: v for k, v in data.items() if k != "hmac"}, sort_keys=True, separators=(",", ":"))
+    mac = hmac.new(key, b"SPOOLATP-TYPE\0%s\0%s" % (name.encode(), body.encode()), "sha256")
+    return f"hmac-sha256:{key_id(key)}:{mac.hexdigest()}"
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def key_id(key: bytes) -> str:
+    """A key's public name, recorded in ``spool.json``: the first 8 hex digits of its SHA-256."""
+    return hashlib.sha256(key).hexdigest()[:8]
+
+
+_KEYS: dict[str, bytes] = {}  # key files read by this process, by real path: each is read once
+
+
+def load_key(key_file: str | os.PathLike[str], spool: str | os.PathLike[str] | None = None) -> bytes:
+    """Read a spool key from ``key_file`` (once per process); trailing newlines are not part of it.
+
+    :raises SigningKeyError: the file is missing, unreadable, not a regular
+        file, accessible to others than its owner and group, shorter than 16
+        bytes, or inside the spool ``spool``.
+    """
+    shown = os.fspath(key_file)
+    real = os.path.realpath(key_file)  # a link is fine (secrets mounts use them): what counts is the file
+    if spool is not None:
+        root = os.path.realpath(spool)
+        if real == root or real.startswith(root.rstrip("/") + "/"):
+            raise SigningKeyError(
+                f"key file {shown} lies inside the spool at {spool}, where whoever can write the spool can "
+                "read it; keep it outside (e.g. /etc/spoolatp/spool.key), see docs/security.md"
+            )
+    cached = _KEYS.get(real)
+    if cached is not None:
+        return cached
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO planted there cannot hang us
+    except OSError as exc:
+        raise SigningKeyError(f"cannot read key file {shown}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SigningKeyError(f"key file {shown} is not a regular file")
+        if st.st_mode & 0o007:
+            raise SigningKeyError(
+                f"key file {shown} is accessible to others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                f"run `chmod o-rwx {shown}` (600, or 640 for a group of the spool's users)"
+            )
+        data = b""
+        while len(data) <= 4096:
+            chunk = os.read(fd, 4097 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    key = data.rstrip(b"\r\n")
+    if len(data) > 4096 or len(key) < 16:
+        raise SigningKeyError(
+            f"key file {shown} holds {len(key)} bytes; a key is 16 to 4096 bytes "
+            "(make one with `spoolatp init --new-key PATH`)"
+        )
+    _KEYS[real] = key
+    return key
+
+
+def new_key(key_file: str | os.PathLike[str]) -> bytes:
+    """Write a new random key (32 bytes, as 64 hex digits and a newline) to ``key_file``, mode 0600.
+
+    :raises SigningKeyError: the file exists (a key is never replaced) or cannot be written.
+    """
+    text = secrets.token_hex(32).encode()
+    try:
+        # O_EXCL: never overwrite a key some spool may still be signed with
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        raise SigningKeyError(
+            f"{os.fspath(key_file)} exists; a key file is never replaced (use it with --key-file, or pick a new path)"
+        ) from None
+    except OSError as exc:
+        raise SigningKeyError(f"cannot create key file {os.fspath(key_file)}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)
+        _write_all(fd, text + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return text
 
 
 # --------------------------------------------------------------------------- the spool
@@ -415,11 +588,30 @@ class Spool:
         ``started``, ``finished``, ``failed``, ``reenqueued`` and ``retired``;
         this is the seam through which plugins observe tasks. Exceptions it
         raises are logged and ignored.
+    :param key_file: the spool's key (default ``$SPOOLATP_KEY_FILE``). A new
+        spool opened with a key is created signed. A process with a key
+        refuses a spool that is not signed, or signed with another key; one
+        without a key refuses a signed spool. Only operations that read or
+        write task, response or type files check this, so a host without
+        the key can still list tasks and their states.
+    :raises SigningKeyError: the key file is unusable (see :func:`load_key`).
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, on_event: EventHook | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        on_event: EventHook | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.path = Path(path) if path is not None else default_spool_path()
         self.on_event = on_event
+        env = os.environ.get(KEY_ENV)
+        #: where this process's key came from (recorded nowhere in the spool), or None
+        self.key_file: Path | None = Path(key_file) if key_file is not None else Path(env) if env else None
+        self._key = load_key(self.key_file, self.path) if self.key_file is not None else None
+        #: the public name of this process's key (see :func:`key_id`), or None
+        self.key_id = key_id(self._key) if self._key is not None else None
         self._candidates: list[str] = []
         self._listed = 0.0  # time.monotonic() of the listing _candidates came from
         self._listed_mtime = 0  # mtime (ns) of enqueued/ when it was listed
@@ -478,29 +670,62 @@ class Spool:
             self.path.mkdir(parents=True, exist_ok=True)
             for name in SPOOL_DIRS:
                 (self.path / name).mkdir(exist_ok=True)
+                if not _real_dir(self.path / name):  # a link planted here would lead every operation out of the spool
+                    raise StorageError(
+                        errno.ENOTDIR,
+                        f"{self.path / name} is not a directory but a symbolic link or a file; a spool's "
+                        "directories must be real ones (was it planted? inspect it, remove it, and retry)",
+                    )
             if not (self.path / "spool.json").exists():
-                self._write_json(self.path / "spool.json", {"format": FORMAT, "max_queue": 0, "durable": False})
+                settings: dict[str, Any] = {"format": FORMAT, "max_queue": 0, "durable": False}
+                if self._key is not None:  # a process with a key makes signed spools
+                    settings.update(signed=True, key_id=self.key_id)
+                self._write_json(self.path / "spool.json", settings)
         finally:
             os.umask(old)
 
     def _write_json(self, dest: Path, obj: dict[str, Any]) -> None:
         tmp = self.path / "tmp" / f"set~{secrets.token_hex(8)}~{dest.name}"
         self._write_new(tmp, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
-        _move(tmp, dest, proof="src")  # readers see the old or the new file, never a mix
+        try:
+            _move(tmp, dest, proof="src")  # readers see the old or the new file, never a mix
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            _reraise(exc, f"cannot write {dest.name} in the spool at {self}")
 
     def _write_new(self, path: Path, data: bytes) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o660)
+        """Create ``path`` (it must not exist) holding ``data``; on failure nothing is left behind.
+
+        :raises StorageError: the file system is full or read-only.
+        """
         try:
-            os.write(fd, data) if len(data) < 65536 else _write_all(fd, data)
+            # opened relative to its directory, itself opened O_NOFOLLOW: a link planted in place of a
+            # task directory is never written through
+            fd = _open_in(path.parent, path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        except OSError as exc:
+            _reraise(exc, f"cannot create {path}")
+        try:
+            _write_all(fd, data)
             if self.durable:
                 os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # O_EXCL made it ours: a half-written file is removed, never published
+            _reraise(exc, f"cannot write {path}")
         finally:
             os.close(fd)
 
     # ------------------------------------------------------------------ settings
 
     def settings(self) -> dict[str, Any]:
-        """The spool's settings (``max_queue``: 0 means unlimited; ``durable``: fsync)."""
+        """The spool's settings.
+
+        ``max_queue`` (0 means unlimited), ``durable`` (fsync),
+        ``max_input_bytes`` and ``max_response_bytes`` (absent: the defaults
+        :data:`MAX_INPUT_BYTES`, :data:`MAX_RESPONSE_BYTES`), ``signed`` and
+        ``key_id`` (see "Signed spools" above).
+        """
         now = time.monotonic()
         if self._settings is None or now - self._settings[0] > CACHE_TTL:
             with open(self.path / "spool.json", "rb") as f:
@@ -515,7 +740,14 @@ class Spool:
         except FileNotFoundError:  # while the spool itself is being created
             return False
 
-    def configure(self, *, max_queue: int | None = None, durable: bool | None = None) -> dict[str, Any]:
+    def configure(
+        self,
+        *,
+        max_queue: int | None = None,
+        durable: bool | None = None,
+        max_input_bytes: int | None = None,
+        max_response_bytes: int | None = None,
+    ) -> dict[str, Any]:
         """Change settings stored in the spool, seen by every producer within a second."""
         self._settings = None
         current = dict(self.settings())
@@ -525,9 +757,99 @@ class Spool:
             current["max_queue"] = max_queue
         if durable is not None:
             current["durable"] = bool(durable)
+        for name, value in (("max_input_bytes", max_input_bytes), ("max_response_bytes", max_response_bytes)):
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{name} must be a whole number of bytes > 0, not {value!r}")
+                current[name] = value
         self._write_json(self.path / "spool.json", current)
         self._settings = None
         return current
+
+    def _limit(self, name: str, default: int) -> int:
+        value = self.settings().get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+    # ------------------------------------------------------------------ signing
+
+    def check_key(self) -> bool:
+        """Whether the spool is signed; raise if this process's key does not fit it.
+
+        :raises SigningKeyError: the spool is signed and this process has no
+            key or another one, or it has a key and the spool is not signed.
+        """
+        return self._signing_key() is not None
+
+    def _signing_key(self) -> bytes | None:
+        """The key to sign and check with, None in an unsigned spool; checked before any task file is read."""
+        settings = self.settings()
+        signed, wanted = bool(settings.get("signed")), settings.get("key_id")
+        if self._key is None:
+            if signed:
+                raise SigningKeyError(
+                    f"the spool at {self} is signed (key id {wanted}) and this process has no key: set "
+                    f"{KEY_ENV} to the path of the spool's key file (see docs/security.md)"
+                )
+            return None
+        if not signed:
+            raise SigningKeyError(
+                f"this process has a key (id {self.key_id}, from {self.key_file}) but the spool at {self} is not "
+                f"signed; sign it with `spoolatp --spool {self} init --key-file {self.key_file}`, or unset {KEY_ENV}"
+            )
+        if wanted != self.key_id:
+            raise SigningKeyError(
+                f"this host's key (id {self.key_id}, from {self.key_file}) does not match the spool's (id {wanted}) "
+                f"at {self}; install the spool's key file on this host (see docs/security.md)"
+            )
+        return self._key
+
+    def enable_signing(self) -> list[str]:
+        """Make the spool signed with this process's key; return the task types it signed.
+
+        Allowed while the spool holds no task (in any state): tasks written
+        without a signature would be quarantined by every reader, and signing
+        them now would vouch for content nobody checked. The registered task
+        types are signed as they are (check them with ``spoolatp types``).
+        Signing again with the key it already has changes nothing.
+
+        :raises SigningKeyError: no key, or the spool holds tasks.
+        """
+        if self._key is None:
+            raise SigningKeyError(f"no key to sign the spool at {self} with: pass key_file= or set {KEY_ENV}")
+        self._settings = None
+        current = dict(self.settings())
+        if current.get("signed") and current.get("key_id") == self.key_id:
+            return []
+        held = max(len(_listdir(self.path / "ids")), sum(self.counts().values()))
+        if held:
+            was = f"signed with key id {current.get('key_id')}" if current.get("signed") else "not signed"
+            raise SigningKeyError(
+                f"the spool at {self} holds {held} task(s) written while it was {was}; signing it now would have "
+                "every reader quarantine them. Let them end and delete them (or wait for their retention), then "
+                "sign the empty spool; see docs/security.md"
+            )
+        names = []
+        for entry in sorted(
+            _listdir(self.path / "types")
+        ):  # types first: a reader with the key never sees them unsigned
+            if not entry.endswith(".json"):
+                continue
+            try:
+                with open(self.path / "types" / entry, "rb", opener=_nofollow) as f:
+                    data = json.load(f)
+                if not isinstance(data, dict):
+                    continue
+            except (OSError, ValueError):
+                continue
+            name = _decode(entry[:-5])
+            data["hmac"] = _type_mac(self._key, name, data)
+            self._write_json(self.path / "types" / entry, data)
+            names.append(name)
+        current.update(signed=True, key_id=self.key_id)
+        self._write_json(self.path / "spool.json", current)
+        self._settings = None
+        self._types.clear()
+        return names
 
     # ------------------------------------------------------------------ task types
 
@@ -568,6 +890,7 @@ class Spool:
             raise ValueError(f"backoff of task type {name!r} must be a number of seconds >= 0, not {backoff!r}")
         if backoff_max < backoff:
             raise ValueError(f"backoff_max of task type {name!r} ({backoff_max}) is below its backoff ({backoff})")
+        signer = self._signing_key()
         ttype = TaskType(
             name,
             handler.strip(),
@@ -580,7 +903,10 @@ class Spool:
             float(backoff),
             float(backoff_max),
         )
-        self._write_json(self.path / "types" / f"{_encode(name)}.json", ttype.to_json())
+        data = ttype.to_json()
+        if signer is not None:
+            data["hmac"] = _type_mac(signer, name, data)
+        self._write_json(self.path / "types" / f"{_encode(name)}.json", data)
         self._types.pop(name, None)
         return ttype
 
@@ -591,9 +917,20 @@ class Spool:
         if cached and now - cached[0] <= CACHE_TTL:
             return cached[1]
         validate_id(name, "task type")
+        # only a process with a key acts on a type (enqueues, runs); one without may look at it unchecked
+        signer = self._signing_key() if self._key is not None else None
+        file = self.path / "types" / f"{_encode(name)}.json"
         try:
-            with open(self.path / "types" / f"{_encode(name)}.json", "rb") as f:
+            with open(file, "rb", opener=_nofollow) as f:
                 data = json.load(f)
+            if signer is not None and not (
+                isinstance(data, dict)
+                and hmac.compare_digest(str(data.get("hmac")).encode(), _type_mac(signer, name, data).encode())
+            ):
+                # its handler and options decide what runs: a forged type is as dangerous as a forged task
+                why = "signature mismatch" if isinstance(data, dict) and "hmac" in data else "unsigned"
+                self._quarantine(file, f"task type file {why} (forged, altered, or written without the key)")
+                raise UnknownTaskType(name, self)
             ttype = TaskType(
                 **{k: data[k] for k in ("name", "handler", "timeout", "timeret", "maxrestart")},
                 options=dict(data.get("options") or {}),
@@ -601,8 +938,13 @@ class Spool:
             )
         except FileNotFoundError:
             raise UnknownTaskType(name, self) from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UnknownTaskType(name, self) from exc
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            self._quarantine(file, "a symbolic link, never followed")
+            raise UnknownTaskType(name, self) from None
         self._types[name] = (now, ttype)
         return ttype
 
@@ -635,9 +977,13 @@ class Spool:
         :raises ValueError: bad identifier, priority or time. :raises UnknownTaskType:
         :raises TaskExists: the pair is taken. :raises QueueFull: the limit is reached.
         :raises TypeError: the input cannot be pickled.
+        :raises TaskTooLarge: the pickled record exceeds the setting ``max_input_bytes``.
+        :raises SigningKeyError: this process's key does not fit the spool's signing.
+        :raises StorageError: the file system is full or read-only; nothing was enqueued.
         """
         validate_id(type_id, "task type")
         validate_id(task_id, "task id")
+        signer = self._signing_key()  # before anything is written: a producer without the spool's key writes nothing
         ttype = self.get_type(type_id)
         priority = validate_priority(ttype.priority if priority is None else priority)
         now = self.clock()
@@ -655,31 +1001,46 @@ class Spool:
             payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise TypeError(f"input of task {type_id!r}/{task_id!r} cannot be pickled: {exc}") from exc
+        max_input = self._limit("max_input_bytes", MAX_INPUT_BYTES)
+        if len(payload) > max_input:  # refused before anything is written
+            what = f"the input of task {type_id!r}/{task_id!r} (pickled)"
+            raise TaskTooLarge(what, len(payload), max_input, "max_input_bytes", self)
         name = self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}"
         tmp = self.path / "tmp" / f"enq~{secrets.token_hex(4)}~{key}"
-        # tmp/ first: if this process dies after reserving the id, a sweep finds the enq~ entry and frees the id
-        os.mkdir(tmp, 0o770)
         reserved = False
         slot = None
         try:
+            # tmp/ first: if this process dies after reserving the id, a sweep finds the enq~ entry and frees the id
+            os.mkdir(tmp, 0o770)
             self._link(key, name, lambda: TaskExists(type_id, task_id, self))
             reserved = True
             limit = int(self.settings().get("max_queue") or 0)
             if limit > 0:
                 record["slot"] = slot = self._take_slot(key, limit)
                 payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
-            self._write_new(tmp / "task", seal(TASK_MAGIC, payload))
+                if len(payload) > max_input:  # the slot number made it a few bytes longer
+                    what = f"the input of task {type_id!r}/{task_id!r} (pickled)"
+                    raise TaskTooLarge(what, len(payload), max_input, "max_input_bytes", self)
+            self._write_new(tmp / "task", seal(TASK_MAGIC, payload, key=signer, bind=key))
             dest = (
                 self.path / "enqueued" / key if due is None else self.path / "delayed" / f"{int(due * 1e9):016x}~{key}"
             )
             if not _move(tmp, dest, proof="src"):  # publish: whole or not at all
                 raise FileNotFoundError(f"{tmp} vanished before it was published (swept as a crash leftover?)")
-        except BaseException:
+        except BaseException as exc:
+            # undo; on a read-only file system the undo may fail too: what it leaves in tmp/ (with the id it
+            # reserved) is never visible as a task, and a sweep of tmp/ frees it
             shutil.rmtree(tmp, ignore_errors=True)
-            if slot is not None:
-                self._unlink_if_points(self.path / "slots" / str(slot), key)
-            if reserved:
-                self._unlink_if_points(name, key)
+            with contextlib.suppress(OSError):
+                if slot is not None:
+                    self._unlink_if_points(self.path / "slots" / str(slot), key)
+            with contextlib.suppress(OSError):
+                if reserved:
+                    self._unlink_if_points(name, key)
+            if isinstance(exc, OSError):
+                _reraise(
+                    exc, f"cannot enqueue task {type_id!r}/{task_id!r} in the spool at {self}; nothing was enqueued"
+                )
             raise
         self._emit("enqueued", type_id=type_id, task_id=task_id, key=key)
         return key
@@ -728,9 +1089,16 @@ class Spool:
     def _key_of(self, type_id: str, task_id: str) -> str:
         validate_id(type_id, "task type")
         validate_id(task_id, "task id")
-        key = self._readlink(self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}")
+        link = self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}"
+        key = self._readlink(link)
         if key is None:
             raise TaskNotFound(type_id, task_id, self)
+        try:
+            if parse_key(key) != (type_id, task_id):
+                raise ValueError(key)
+        except ValueError:  # a planted link, e.g. to ../../etc: its text never becomes a path
+            self._quarantine(link, f"link text {key[:200]!r} is not the key of task {type_id!r}/{task_id!r}")
+            raise TaskNotFound(type_id, task_id, self) from None
         return key
 
     def _locate(self, key: str) -> tuple[Path, State, str | None]:
@@ -738,18 +1106,23 @@ class Spool:
         for delay in (0, 0.001, 0.005, 0.02, 0.05, 0.1):
             if delay:
                 time.sleep(delay)
+            # lstat, never stat: a link in place of a task directory is never followed (see "Links")
             for state in (State.ENQUEUED, State.FINISHED, State.FAILED):
                 path = self.path / _DIR_OF[state] / key
-                if os.path.isdir(path):
+                if _real_dir(path):
                     return path, state, None
             for state in (State.RUNNING, State.SCHEDULED):
                 base = self.path / _DIR_OF[state]
                 for server in os.listdir(base):
                     path = base / server / key
-                    if os.path.isdir(path):
+                    if _real_dir(base / server) and _real_dir(path):
                         return path, state, server
             for entry in _listdir(self.path / "delayed"):  # few, usually: only delayed tasks are listed here
-                if entry.endswith("~" + key) and entry.partition("~")[2] == key:
+                if (
+                    entry.endswith("~" + key)
+                    and entry.partition("~")[2] == key
+                    and _real_dir(self.path / "delayed" / entry)
+                ):
                     return self.path / "delayed" / entry, State.ENQUEUED, None
         raise FileNotFoundError(key)
 
@@ -806,7 +1179,7 @@ class Spool:
                 record = self._read_record(path, key)
             except FileNotFoundError:  # it moved to its next state meanwhile: find it again
                 continue
-            except CorruptTaskFile:
+            except (CorruptTaskFile, SigningKeyError):
                 raise
             except Exception:  # an input of a class this process lacks: the key has the enqueue time
                 record = {"enqueued": key_time(key)}
@@ -822,14 +1195,28 @@ class Spool:
 
         :raises ResponseNotFound: the handler stored none.
         """
-        path, _, _, key = self._find(type_id, task_id)
+        signer = self._signing_key()
+        for _ in range(10):
+            path, _, _, key = self._find(type_id, task_id)
+            try:
+                with open(path / "response", "rb", opener=_nofollow) as f:
+                    data = f.read()
+                break
+            except FileNotFoundError:
+                if os.path.isdir(path):
+                    raise ResponseNotFound(f"task {type_id!r}/{task_id!r} has stored no response") from None
+                # the task moved to its next state between finding it and opening its response: find it again
+        else:
+            raise TaskNotFound(type_id, task_id, self)
         try:
-            with open(path / "response", "rb", opener=_nofollow) as f:
-                data = f.read()
-        except FileNotFoundError:
-            raise ResponseNotFound(f"task {type_id!r}/{task_id!r} has stored no response") from None
-        payload, meta = unseal(RESPONSE_MAGIC, data, path / "response")
-        info = json.loads(meta or "{}")
+            payload, meta = unseal(RESPONSE_MAGIC, data, path / "response", key=signer, bind=key)
+            info = json.loads(meta or "{}")
+            if not isinstance(info, dict):
+                raise CorruptTaskFile(path / "response", "its metadata is not a JSON object")
+        except ValueError as exc:  # CorruptTaskFile, or metadata that is not JSON
+            reason = exc.reason if isinstance(exc, CorruptTaskFile) else f"metadata is not JSON: {exc}"
+            self._quarantine(path / "response", reason)  # aside, with the reason; the task itself stays
+            raise exc if isinstance(exc, CorruptTaskFile) else CorruptTaskFile(path / "response", reason) from None
         body: Any = payload.decode("utf-8") if info.get("kind") == "str" else payload
         return body, str(info.get("mime", "application/octet-stream"))
 
@@ -852,7 +1239,7 @@ class Spool:
         # a damaged task file, or an input whose class this process cannot import, must not stop
         # a delete; a slot it leaves behind is freed by sweep_tmp
         with contextlib.suppress(Exception):
-            record = self._read_record(grave, key, quarantine=False)
+            record = self._read_record(grave, key, quarantine=False)  # refuses a link planted in its place
             if record.get("slot") is not None:
                 self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
         self._release_id(key)
@@ -902,6 +1289,7 @@ class Spool:
         return sorted(out, key=lambda d: -float(d.get("beat", 0)))
 
     def forget_daemon(self, server: str) -> None:
+        validate_id(server, "server id")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path / "daemons" / f"{_encode(server)}.json")
 
@@ -912,7 +1300,8 @@ class Spool:
             base = self.path / _DIR_OF[st]
             entries: list[tuple[Path, str | None, str]]
             if st in (State.SCHEDULED, State.RUNNING):
-                entries = [(base / s / k, s, k) for s in _listdir(base) for k in _listdir(base / s)]
+                servers = [s for s in _listdir(base) if _real_dir(base / s)]  # a planted link is not listed through
+                entries = [(base / s / k, s, k) for s in servers for k in _listdir(base / s)]
             else:
                 entries = [(base / k, None, k) for k in _listdir(base)]
             if st is State.ENQUEUED:
@@ -925,6 +1314,8 @@ class Spool:
                     continue
                 if type_id is not None and t != type_id:
                     continue
+                if not _real_dir(path):  # a link or file in place of a task directory: never read through
+                    continue
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     yield self._info(path, st, server, key)
 
@@ -933,7 +1324,7 @@ class Spool:
         for st in State:
             base = self.path / _DIR_OF[st]
             if st in (State.SCHEDULED, State.RUNNING):
-                out[st.name] = sum(len(_listdir(base / s)) for s in _listdir(base))
+                out[st.name] = sum(len(_listdir(base / s)) for s in _listdir(base) if _real_dir(base / s))
             else:
                 out[st.name] = len(_listdir(base))
         out["ENQUEUED"] += len(_listdir(self.path / "delayed"))
@@ -959,9 +1350,11 @@ class Spool:
         :raises QueueEmpty: nothing (acceptable) is waiting.
         """
         validate_id(server, "server id")
+        self._signing_key()  # before a task moves: a consumer without the spool's key must not strand one
         sdir = self.path / "scheduled" / server
         if server not in self._server_dirs:
             sdir.mkdir(mode=0o770, exist_ok=True)
+            _check_real_dir(sdir)
             self._server_dirs.add(server)
         claims: list[Claim] = []
         refreshed = False
@@ -988,7 +1381,15 @@ class Spool:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 continue
-            claim = self._claimed(sdir / key, server, key, message)
+            try:
+                claim = self._claimed(sdir / key, server, key, message)
+            except (OSError, ClaimLost) as exc:
+                # its SCHEDULED record could not be written (a flaky network mount): give it back rather
+                # than hold a task nobody knows it holds; if even that fails, the zombie sweep finds it
+                log.warning("claim of %s by %s not recorded (%s); giving it back", key, server, exc)
+                with contextlib.suppress(OSError):
+                    _move(sdir / key, self.path / "enqueued" / key, proof="dst")
+                continue
             if claim is not None:
                 claims.append(claim)
         if not claims:
@@ -1042,8 +1443,12 @@ class Spool:
         attempt = sum(1 for r in journal if r.state is State.SCHEDULED) + 1
         try:
             record = self._read_record(path, key)
-        except (CorruptTaskFile, FileNotFoundError):
+        except CorruptTaskFile:
             return None
+        except OSError:
+            if os.path.isdir(path):  # there but unreadable for now: claim() gives it back
+                raise
+            return None  # deleted right after our rename
         except Exception:  # an input of a class this process lacks: start() raises it for the consumer to report
             record = {}  # and sweep_tmp frees its slot
         if record.get("slot") is not None:
@@ -1056,9 +1461,10 @@ class Spool:
         return claim
 
     def _claim_path(self, claim: Claim) -> tuple[Path, State]:
+        _check_claim(claim)
         for state in (State.RUNNING, State.SCHEDULED):
             path = self.path / _DIR_OF[state] / claim.server / claim.key
-            if os.path.isdir(path):
+            if _real_dir(path.parent) and _real_dir(path):
                 # the same server may hold a later attempt of this task: the path alone is no proof
                 if sum(1 for r in self._journal(path) if r.state is State.SCHEDULED) != claim.attempt:
                     break
@@ -1070,9 +1476,10 @@ class Spool:
 
     def _own_terminal(self, claim: Claim) -> tuple[Path, State] | None:
         """The task's terminal directory if this very attempt ended it, else None."""
+        _check_claim(claim)
         for state in (State.FINISHED, State.FAILED):
             path = self.path / _DIR_OF[state] / claim.key
-            if os.path.isdir(path):
+            if _real_dir(path):
                 ends = [r for r in self._journal(path) if r.state is not None and r.state.terminal]
                 if ends and ends[-1].server == claim.server and ends[-1].attempt == claim.attempt:
                     return path, state
@@ -1089,6 +1496,7 @@ class Spool:
             rdir = self.path / "running" / claim.server
             if claim.server not in self._server_dirs or not rdir.is_dir():
                 rdir.mkdir(mode=0o770, exist_ok=True)
+                _check_real_dir(rdir)
             dest = rdir / claim.key
             if not _move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
                 raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started")
@@ -1118,15 +1526,23 @@ class Spool:
             payload, kind = bytes(response), "bytes"
         else:
             raise TypeError(f"response of task {claim} must be str or bytes, not {type(response).__name__}")
+        signer = self._signing_key()
+        max_response = self._limit("max_response_bytes", MAX_RESPONSE_BYTES)
+        if len(payload) > max_response:  # refused before anything is written
+            raise TaskTooLarge(f"the response of task {claim}", len(payload), max_response, "max_response_bytes", self)
         own = self._own_terminal(claim)
         path = own[0] if own else self._claim_path(claim)[0]
         meta = json.dumps({"mime": str(mime_type), "kind": kind}, separators=(",", ":"))
         tmp = path / f".response~{secrets.token_hex(4)}"
         try:
-            self._write_new(tmp, seal(RESPONSE_MAGIC, payload, meta))
+            self._write_new(tmp, seal(RESPONSE_MAGIC, payload, meta, key=signer, bind=claim.key))
             os.replace(tmp, path / "response")  # same directory: fails if a reaper moved it meanwhile
         except (FileNotFoundError, NotADirectoryError):
             raise ClaimLost(f"task {claim} was taken from server {claim.server!r}; its response is discarded") from None
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            _reraise(exc, f"cannot store the response of task {claim} in the spool at {self}")
 
     def finish(self, claim: Claim, message: str = "") -> None:
         """End this attempt as FINISHED. :raises ClaimLost:"""
@@ -1234,6 +1650,7 @@ class Spool:
 
     def cancel_requested(self, claim: Claim) -> str | None:
         """Who asked to cancel this held task, or None; cheap enough to poll."""
+        _check_claim(claim)
         for state in (State.RUNNING, State.SCHEDULED):
             who = self._cancel_marker(self.path / _DIR_OF[state] / claim.server / claim.key)
             if who is not None:
@@ -1293,6 +1710,9 @@ class Spool:
         for state in (State.SCHEDULED, State.RUNNING):
             base = self.path / _DIR_OF[state]
             for server in _listdir(base):
+                if not _real_dir(base / server):  # a link planted as a server directory is moved, never listed
+                    self._quarantine(base / server, "not a server directory (plain file or symlink)")
+                    continue
                 for key in _listdir(base / server):
                     path = base / server / key
                     try:
@@ -1300,12 +1720,17 @@ class Spool:
                     except ValueError:  # not a task: re-enqueueing it would only fail later
                         self._quarantine(path, "name is not a task key")
                         continue
+                    if not _real_dir(path):  # its journal is never read through a planted link
+                        self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
+                        continue
                     try:
                         timeout = self.get_type(type_id).timeout
                     except (ValueError, UnknownTaskType):
                         timeout = 3600.0
                     claimed = [r.time for r in self._journal(path) if r.state is State.SCHEDULED]
-                    since = claimed[-1] if claimed else _mtime(path, now)
+                    # the claim's rename stamps the directory's ctime: a task claimed again a moment ago, whose
+                    # SCHEDULED record is not written yet, is not judged by its previous attempt's claim
+                    since = max(claimed[-1] if claimed else 0.0, _ctime(path, now))
                     if now - since <= timeout:
                         continue
                     reason = message or f"abandoned: not finished within its timeout of {timeout:g} s on {server}"
@@ -1315,6 +1740,10 @@ class Spool:
         return out
 
     def _reap(self, path: Path, key: str, reason: str, *, count: bool) -> State | None:
+        if not _real_dir(path):
+            if os.path.lexists(path):  # a file or link planted in a state directory: aside, never followed
+                self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
+            return None
         grave = self.path / "tmp" / f"reap~{secrets.token_hex(4)}~{key}"
         if not _move(path, grave, proof="dst"):  # fence: from now on the old holder's writes fail with ENOENT
             return None
@@ -1352,9 +1781,12 @@ class Spool:
 
     def recover(self, server: str, reason: str = "") -> list[tuple[str, str, State]]:
         """Take back every task held by ``server`` (a daemon restarting with the same id)."""
+        validate_id(server, "server id")
         out = []
         for state in (State.SCHEDULED, State.RUNNING):
             base = self.path / _DIR_OF[state] / server
+            if not _real_dir(base):  # absent, or a link planted in its place: nothing of this server's
+                continue
             for key in _listdir(base):
                 try:
                     parse_key(key)
@@ -1379,6 +1811,9 @@ class Spool:
                 except (ValueError, UnknownTaskType):
                     continue
                 if keep <= 0:
+                    continue
+                if not _real_dir(base / key):
+                    self._quarantine(base / key, "not a task directory (plain file or symlink in a state directory)")
                     continue
                 ended = _mtime(base / key / "journal", None)
                 if ended is None or now - ended <= keep:
@@ -1406,7 +1841,7 @@ class Spool:
             kind, _, rest = entry.partition("~")
             key = rest.partition("~")[2]
             try:
-                if kind in ("reap", "cancel", "rerun") and os.path.isdir(path):
+                if kind in ("reap", "cancel", "rerun") and _real_dir(path):
                     self._settle(path, key, "recovered after a crash during re-enqueue", count=False)
                 elif kind in ("del", "enq") and key:
                     self._bury(path, key)
@@ -1420,19 +1855,27 @@ class Spool:
         for n in _listdir(self.path / "slots"):
             holder = self._readlink(self.path / "slots" / n)
             slot_age = now - _mtime(self.path / "slots" / n, now, follow=False)
-            if holder and slot_age > grace and not (self.path / "enqueued" / holder).exists():
+            if holder and slot_age > grace and not (_is_key(holder) and (self.path / "enqueued" / holder).exists()):
                 self._unlink_if_points(self.path / "slots" / n, holder)
         return done
 
     # ------------------------------------------------------------------ files inside a task
 
     def _read_record(self, path: Path, key: str, *, quarantine: bool = True) -> dict[str, Any]:
+        """The enqueue record of task directory ``path``; unpickled only after its checksum or signature matched.
+
+        :raises CorruptTaskFile: (the task is quarantined unless ``quarantine`` is False)
+        :raises SigningKeyError: raised before anything is read, and quarantines nothing.
+        :raises FileNotFoundError: the task moved on meanwhile.
+        """
+        signer = self._signing_key()  # a process without the right key must never take good tasks for forged ones
         file = path / "task"
         try:
-            with open(file, "rb", opener=_nofollow) as f:
-                data = f.read()
-            payload, _ = unseal(TASK_MAGIC, data, file)
-            record = pickle.loads(payload)  # only after the checksum matched
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise CorruptTaskFile(path, "not a task directory (plain file or symlink in a state directory)")
+            data = _read_settled(file)
+            payload, _ = unseal(TASK_MAGIC, data, file, key=signer, bind=key)
+            record = pickle.loads(payload)  # only after the checksum (or the signature) matched
             if not isinstance(record, dict) or {"type", "id", "input", "enqueued"} - record.keys():
                 raise CorruptTaskFile(file, "record lacks type, id, input or enqueued")
             if make_key(record["type"], record["id"], int(key[1:17], 16), key_priority(key)) != key:
@@ -1440,7 +1883,9 @@ class Spool:
             return record
         except (CorruptTaskFile, OSError, pickle.UnpicklingError, ValueError, EOFError) as exc:
             if isinstance(exc, FileNotFoundError) and not path.exists():
-                raise
+                raise  # the task moved on
+            if isinstance(exc, OSError) and exc.errno == errno.ESTALE:
+                raise  # a network file system that has not settled yet: no reason to quarantine a task
             err = exc if isinstance(exc, CorruptTaskFile) else CorruptTaskFile(file, str(exc))
             if quarantine:
                 self._quarantine(path, err.reason)
@@ -1480,15 +1925,31 @@ class Spool:
         if restart is not None:
             entry["restart"] = restart
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        for attempt in range(8):
+            try:
+                # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
+                # directory is opened O_NOFOLLOW, so a link in its place is never written through
+                fd = _open_in(path, "journal", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                break
+            except NotADirectoryError:
+                raise ClaimLost(f"task {claim or path.name} was taken away; this change is discarded") from None
+            except OSError as exc:
+                if _settling(exc, path, attempt):  # GlusterFS, just after a rename
+                    continue
+                if exc.errno in (errno.ENOENT, errno.ESTALE):
+                    raise ClaimLost(f"task {claim or path.name} was taken away; this change is discarded") from None
+                _reraise(exc, f"cannot record a change of task {path.name} in the spool at {self}")
         try:
-            # O_APPEND through the task directory's current path: ENOENT once a reaper moved it
-            fd = os.open(path / "journal", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o660)
-        except (FileNotFoundError, NotADirectoryError):
-            raise ClaimLost(f"task {claim or path.name} was taken away; this change is discarded") from None
-        try:
-            os.write(fd, line)
+            written = os.write(fd, line)
+            if written < len(line):  # the file system filled up within the line
+                with contextlib.suppress(OSError):
+                    # cut the torn line off, or the next entry would be glued to it (and skipped with it)
+                    os.ftruncate(fd, os.fstat(fd).st_size - written)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             if self.durable:
                 os.fsync(fd)
+        except OSError as exc:
+            _reraise(exc, f"cannot record a change of task {path.name} in the spool at {self}")
         finally:
             os.close(fd)
 
@@ -1591,8 +2052,88 @@ def _last(journal: list[LogRecord], field: str) -> int:
     return 0
 
 
+def _settling(exc: OSError, directory: Path, attempt: int) -> bool:
+    """Whether to try again an operation inside a task directory that a rename just brought here.
+
+    GlusterFS answers ENOENT or ESTALE for a file in a directory another host
+    (or this one) renamed a moment ago; while the directory itself is there,
+    a retry resolves it. Once the directory is gone, the task moved on.
+    """
+    if exc.errno not in (errno.ENOENT, errno.ESTALE) or attempt >= 7 or not os.path.isdir(directory):
+        return False
+    time.sleep(0.005 * 2**attempt)  # 0.6 s in all
+    return True
+
+
+def _read_settled(file: Path) -> bytes:
+    for attempt in range(8):
+        try:
+            with open(file, "rb", opener=_nofollow) as f:
+                return f.read()
+        except OSError as exc:
+            if not _settling(exc, file.parent, attempt):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def _open_in(directory: Path, name: str, flags: int) -> int:
+    """Open ``directory/name``, following a symbolic link in neither of the two (mode 0660 if created)."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW, 0o660, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def _real_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory itself, not a symbolic link to one (lstat, never stat)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _check_real_dir(path: Path) -> None:
+    if not _real_dir(path):
+        raise StorageError(
+            errno.ENOTDIR,
+            f"{path} is not a directory but a symbolic link or a file; refusing to work through it "
+            "(was it planted? inspect it and remove it)",
+        )
+
+
+def _is_key(text: str) -> bool:
+    try:
+        parse_key(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_claim(claim: Claim) -> None:
+    """A claim names paths: refuse one whose server or key could lead out of the spool.
+
+    :raises ValueError:
+    """
+    validate_id(claim.server, "server id")
+    parse_key(claim.key)
+
+
+#: errors by which a file system refuses a write: full, over quota, read-only, failing
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
+def _reraise(exc: OSError, what: str) -> NoReturn:
+    """Raise ``exc`` again, as a :class:`StorageError` that says ``what`` failed if the file system refused a write."""
+    if isinstance(exc, StorageError):
+        raise StorageError(exc.errno, f"{what}: {exc}") from exc
+    if isinstance(exc, SpoolError) or exc.errno not in _STORAGE_ERRNOS:
+        raise exc
+    raise StorageError(exc.errno, f"{what}: {exc.strerror or exc}") from exc
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -305,6 +305,9 @@ def test_status_and_log_describe_the_task(spool: Spool) -> None:
         "age",
         "progress",
         "progress_message",
+        "priority",
+        "not_before",
+        "cancel_requested",
     }
     assert re.fullmatch(r"- \S+ Status: ENQUEUED \tmade by a test\n", run(spool, "log", TYPE, "T0").stdout)
     spool.delete(TYPE, "T0")
