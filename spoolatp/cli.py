@@ -22,25 +22,29 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import getpass
 import json
 import logging
+import math
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from spoolatp import dropin
 from spoolatp.errors import QueueFull, ResponseNotFound, SpoolError, TaskNotFound
-from spoolatp.spool import Spool, State, TaskInfo, default_spool_path
+from spoolatp.spool import DEFAULT_PRIORITY, Spool, State, TaskInfo, default_spool_path, key_priority
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -180,6 +184,67 @@ class _OneLine(logging.Formatter):
         return " ".join(super().format(record).split())
 
 
+if TYPE_CHECKING:  # newer click makes ParamType generic; click 8.1, which we support, cannot subscript it
+    _FloatParam = click.ParamType[float]
+    _TimeParam = click.ParamType[datetime]
+else:
+    _FloatParam = _TimeParam = click.ParamType
+
+
+class _Seconds(_FloatParam):
+    """A finite number of seconds >= 0 (click's FloatRange lets ``nan`` and ``inf`` through)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"{value!r} is not a finite number of seconds >= 0", param, ctx)
+        return seconds
+
+
+class _Delay(_FloatParam):
+    """Seconds from now, as ``enqueue --delay`` takes them."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        try:
+            return dropin.check_delay(seconds)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _When(_TimeParam):
+    """An ISO 8601 time, as ``enqueue --at`` takes it (naive means local time)."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            return dropin.parse_time(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _who(command: str) -> str:
+    """Who acts, for a task's log: ``user@host (spoolatp COMMAND)``."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (a container's random uid)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} (spoolatp {command})"
+
+
 # --------------------------------------------------------------------------- the group
 
 
@@ -222,27 +287,110 @@ def cli(ctx: click.Context, spool_path: Path | None, debug: bool) -> None:
     "--max-queue", type=click.IntRange(min=0), metavar="N", help="Most ENQUEUED tasks at once (0 = unlimited)."
 )
 @click.option("--durable/--no-durable", default=None, help="fsync every file before it is published.")
+@click.option(
+    "--key-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Sign the spool with the key in PATH, kept outside the spool (only while it holds no task). "
+    "Every host then needs a copy, named by SPOOLATP_KEY_FILE.",
+)
+@click.option(
+    "--new-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Write a new random key to PATH (mode 0600, never replaced) and sign the spool with it.",
+)
+@click.option(
+    "--max-input-bytes",
+    callback=lambda ctx, param, value: _size(param, value),
+    metavar="SIZE",
+    help="Largest pickled task input, e.g. 64M [default: 64M].",
+)
+@click.option(
+    "--max-response-bytes",
+    callback=lambda ctx, param, value: _size(param, value),
+    metavar="SIZE",
+    help="Largest response a handler may store [default: 256M].",
+)
 @json_option
 @click.pass_context
-def init(ctx: click.Context, max_queue: int | None, durable: bool | None, as_json: bool) -> None:
+def init(
+    ctx: click.Context,
+    max_queue: int | None,
+    durable: bool | None,
+    key_file: Path | None,
+    new_key: Path | None,
+    max_input_bytes: int | None,
+    max_response_bytes: int | None,
+    as_json: bool,
+) -> None:
     """Create a spool, or change the settings of an existing one.
 
     \b
-    Example:
+    Examples:
       spoolatp --spool /srv/spool init --max-queue 1000
+      spoolatp --spool /srv/spool init --new-key /etc/spoolatp/spool.key
+      spoolatp --spool /srv/spool init --key-file /etc/spoolatp/spool.key --max-input-bytes 16M
     """
+    from spoolatp import plugins
+    from spoolatp.daemon import trust_warnings
+    from spoolatp.spool import new_key as make_key
+
     opts: _Options = ctx.obj
+    if key_file is not None and new_key is not None:
+        raise click.UsageError("give --key-file or --new-key, not both")
     created = not (opts.path / "spool.json").is_file()
-    spool = _open(ctx, create=True)
-    settings = spool.configure(max_queue=max_queue, durable=durable) if (max_queue, durable) != (None, None) else None
-    settings = dict(settings or spool.settings())
+    if new_key is not None:
+        inside = os.path.realpath(new_key.parent) + os.sep
+        if inside.startswith(os.path.realpath(opts.path) + os.sep):
+            raise Failure(Exit.ERROR, f"{new_key} would lie inside the spool at {opts.path}; keep the key outside it")
+        make_key(new_key)
+        key_file = new_key
+    if key_file is None:
+        spool = _open(ctx, create=True)
+    else:
+        spool = Spool(opts.path, on_event=plugins.notify, key_file=key_file)
+    signed = spool.enable_signing() if key_file is not None else None  # before types are read with the key
+    if (max_queue, durable, max_input_bytes, max_response_bytes) != (None, None, None, None):
+        spool.configure(
+            max_queue=max_queue,
+            durable=durable,
+            max_input_bytes=max_input_bytes,
+            max_response_bytes=max_response_bytes,
+        )
+    settings = dict(spool.settings())
     dropin.prepare(spool)
+    warnings = trust_warnings(spool)
     if as_json:
-        _json_out({"spool": str(spool.path), "created": created, "settings": settings})
-        return
-    click.echo(f"{'created' if created else 'updated'} spool {spool.path}")
-    for key in sorted(settings):
-        click.echo(f"  {key}: {json.dumps(settings[key])}")
+        doc: dict[str, Any] = {"spool": str(spool.path), "created": created, "settings": settings}
+        if key_file is not None:
+            doc["signing"] = {"key_file": str(key_file), "key_id": spool.key_id, "signed_types": signed}
+        _json_out(doc)
+    else:
+        click.echo(f"{'created' if created else 'updated'} spool {spool.path}")
+        for key in sorted(settings):
+            click.echo(f"  {key}: {json.dumps(settings[key])}")
+        if key_file is not None:
+            click.echo(
+                f"signed with key id {spool.key_id} from {key_file}: copy that file to every host that uses "
+                f"the spool (mode 600) and set SPOOLATP_KEY_FILE to it there; never put it in the spool"
+            )
+            if signed:
+                click.echo(f"signed the registered task types as they are: {', '.join(signed)} (check them)")
+    for warning in warnings:
+        click.echo(f"spoolatp: warning: {warning}", err=True)
+
+
+def _size(param: click.Parameter, value: str | None) -> int | None:
+    """A number of bytes, with an optional binary suffix: ``65536``, ``64K``, ``64M``, ``1G``."""
+    if value is None:
+        return None
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    factor = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    number = text[:-1] if factor > 1 else text
+    if not number.isdigit() or int(number) * factor < 1:
+        raise click.BadParameter(f"{value!r} is not a size in bytes such as 65536, 64K, 64M or 1G", param=param)
+    return int(number) * factor
 
 
 def _option_pair(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
@@ -306,6 +454,38 @@ def _type_json(spool: Spool, ttype: Any) -> dict[str, Any]:
     help="A handler setting, repeatable; VALUE is JSON if it parses as JSON, else a string.",
 )
 @click.option("--hot-folder", is_flag=True, help="Make drop/TYPE/ a hot folder: each file put there becomes a task.")
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    metavar="N",
+    default=DEFAULT_PRIORITY,
+    show_default=True,
+    help="Priority of its tasks, 0..9 (higher runs first), unless an enqueue gives one.",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(min=0),
+    metavar="N",
+    default=0,
+    show_default=True,
+    help="Times a task whose handler failed is tried again before it is FAILED.",
+)
+@click.option(
+    "--backoff",
+    type=_Seconds(),
+    metavar="SECONDS",
+    default=1.0,
+    show_default=True,
+    help="Wait before the first retry; doubled for each further one, with jitter.",
+)
+@click.option(
+    "--backoff-max",
+    type=_Seconds(),
+    metavar="SECONDS",
+    default=300.0,
+    show_default=True,
+    help="Longest wait before a retry.",
+)
 @json_option
 @click.pass_context
 def register(
@@ -317,6 +497,10 @@ def register(
     max_restarts: int,
     options: dict[str, Any],
     hot_folder: bool,
+    priority: int,
+    retries: int,
+    backoff: float,
+    backoff_max: float,
     as_json: bool,
 ) -> None:
     """Create or replace task type TYPE, run by the handler plugin HANDLER.
@@ -326,12 +510,30 @@ def register(
       spoolatp register SequenceSum sequence_sum --timeout 60 --retention 600 --max-restarts 3
     A hot folder for images:
       spoolatp register Thumbnail thumbnail --option size=256 --hot-folder
+    Urgent tasks, each tried 3 more times after 10, 20 and 40 s (with jitter):
+      spoolatp register Alert command.run --priority 8 --retries 3 --backoff 10 --backoff-max 60
     """
+    if backoff_max < backoff:
+        raise click.BadParameter(
+            f"{backoff_max:g} is below --backoff {backoff:g}; the longest wait cannot be shorter than the first",
+            param_hint="--backoff-max",
+        )
     spool = _open(ctx)
     if hot_folder:
         folder = dropin.hot_folder(spool, type_id)  # refuses names that cannot be a folder
         options = {**options, "hot_folder": True}
-    ttype = spool.register_type(type_id, handler, timeout, retention, max_restarts, options)
+    ttype = spool.register_type(
+        type_id,
+        handler,
+        timeout,
+        retention,
+        max_restarts,
+        options,
+        priority=priority,
+        retries=retries,
+        backoff=backoff,
+        backoff_max=backoff_max,
+    )
     if hot_folder:
         dropin.prepare(spool)
         folder.mkdir(mode=0o770, exist_ok=True)
@@ -380,12 +582,16 @@ def types_(ctx: click.Context, as_json: bool) -> None:
             f"{t.timeout:g}",
             f"{t.timeret:g}" if t.timeret > 0 else "forever",
             str(t.maxrestart),
+            str(t.priority),
+            f"{t.retries} ({t.backoff:g}..{t.backoff_max:g}s)" if t.retries else "0",
             json.dumps(t.options, sort_keys=True) if t.options else "",
         )
         for t in ttypes
     ]
     _table(
-        ("TYPE", "HANDLER", "TIMEOUT", "RETENTION", "MAX-RESTARTS", "OPTIONS"), rows, empty="no task types registered"
+        ("TYPE", "HANDLER", "TIMEOUT", "RETENTION", "MAX-RESTARTS", "PRIORITY", "RETRIES", "OPTIONS"),
+        rows,
+        empty="no task types registered",
     )
 
 
@@ -424,6 +630,20 @@ def _read_input(value: str | None, input_file: Path | None) -> Any:
     "--timeout", type=click.FloatRange(min=0), metavar="SECONDS", help="With --wait: give up after this many seconds."
 )
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="With --wait: write the result here.")
+@click.option(
+    "--priority",
+    type=click.IntRange(0, 9),
+    metavar="N",
+    help="0..9, higher runs first [default: the type's].",
+)
+@click.option("--delay", type=_Delay(), metavar="SECONDS", help="Do not start it before this many seconds from now.")
+@click.option(
+    "--at",
+    "at_",
+    type=_When(),
+    metavar="TIME",
+    help="Do not start it before this ISO 8601 time (without a zone: local time).",
+)
 @json_option
 @click.pass_context
 def enqueue(
@@ -436,6 +656,9 @@ def enqueue(
     wait_: bool,
     timeout: float | None,
     output: Path | None,
+    priority: int | None,
+    delay: float | None,
+    at_: datetime | None,
     as_json: bool,
 ) -> int:
     """Create task ID of type TYPE; its INPUT is JSON (or - for standard input).
@@ -445,17 +668,34 @@ def enqueue(
       spoolatp enqueue SequenceSum Task001 '[1, 2, 3, 4, 5]'
       echo '[1, 2, 3]' | spoolatp enqueue SequenceSum Task002 - --wait
       spoolatp enqueue SequenceSum Task003 --input-file numbers.json
+      spoolatp enqueue SequenceSum Urgent '[1]' --priority 9
+      spoolatp enqueue SequenceSum Later '[2]' --delay 600
+      spoolatp enqueue SequenceSum Nightly '[3]' --at 2026-11-30T02:00:00+01:00
     """
     if not wait_ and (timeout is not None or output is not None):
         raise click.UsageError("--timeout and --output go with --wait")
+    if delay is not None and at_ is not None:
+        raise click.UsageError("give --delay or --at, not both")
     spool = _open(ctx)
     data = _read_input(value, input_file)
-    key = spool.enqueue(type_id, task_id, data, message)
+    key = spool.enqueue(type_id, task_id, data, message, priority=priority, not_before=at_ if delay is None else delay)
     if not wait_:
+        due = _not_before_of(spool, type_id, task_id, key)
         if as_json:
-            _json_out({"type": type_id, "id": task_id, "key": key, "state": "ENQUEUED", "code": 1})
+            _json_out(
+                {
+                    "type": type_id,
+                    "id": task_id,
+                    "key": key,
+                    "state": "ENQUEUED",
+                    "code": 1,
+                    "priority": key_priority(key),
+                    "not_before": due,
+                }
+            )
         else:
-            click.echo(f"{type_id}/{task_id} ENQUEUED")
+            when = f", not before {_time_shown(spool, due)}" if due is not None else ""
+            click.echo(f"{type_id}/{task_id} ENQUEUED{when}")
         return Exit.OK
     info, waited = _wait_for(spool, type_id, task_id, timeout, bar=not as_json)
     doc = {**_wait_json(spool, info, waited), "key": key, "response": None}
@@ -469,6 +709,22 @@ def enqueue(
     else:
         click.echo(info.state.name)
     return _wait_outcome(info, doc, timeout)
+
+
+def _not_before_of(spool: Spool, type_id: str, task_id: str, key: str) -> float | None:
+    """When a task just enqueued under ``key`` becomes due, or None (not delayed, or gone already)."""
+    try:
+        info = spool.info(type_id, task_id)
+    except SpoolError:
+        return None
+    return info.not_before if info.key == key else None
+
+
+def _time_shown(spool: Spool, when: float) -> str:
+    """A spool-clock time as this host's local time, with how far ahead it is."""
+    ahead = when - spool.clock()
+    local = datetime.fromtimestamp(round(when - spool.clock() + time.time())).astimezone()  # on this host's clock
+    return f"{local.isoformat(timespec='seconds')} ({'in ' + _age(ahead) if ahead > 0 else 'due'})"
 
 
 @cli.command()
@@ -493,10 +749,15 @@ def status(ctx: click.Context, type_id: str, task_id: str, as_json: bool) -> Non
         ("task", f"{info.type_id}/{info.task_id}"),
         ("state", f"{info.state.name} ({int(info.state)})"),
         ("server", info.server or "-"),
+        ("priority", str(info.priority)),
         ("attempts", f"{info.attempts} (restarts {info.restarts})"),
         ("enqueued", f"{_age(now - info.enqueued)} ago"),
         ("updated", f"{_age(now - info.updated)} ago"),
     ]
+    if info.not_before is not None:
+        lines.append(("due", _time_shown(spool, info.not_before)))
+    if info.cancel_requested is not None:
+        lines.append(("cancel", f"requested by {info.cancel_requested}"))
     if info.progress is not None:
         lines.append(("progress", f"{info.progress:.0%} {info.progress_message or ''}".rstrip()))
     for name, text in lines:
@@ -654,12 +915,126 @@ def list_(ctx: click.Context, state: State | None, type_id: str | None, limit: i
     if as_json:
         _json_out({"tasks": [_info_json(i, now) for i in infos], "count": len(infos), "truncated": truncated})
         return
-    rows = [
+    rows: list[tuple[str, ...]] = [
         (i.state.name, i.type_id, i.task_id, str(i.attempts), _age(now - i.enqueued), i.server or "-") for i in infos
     ]
-    _table(("STATE", "TYPE", "ID", "ATTEMPTS", "AGE", "SERVER"), rows, empty="no tasks")
+    notes = [_note(i, now) for i in infos]
+    header: tuple[str, ...] = ("STATE", "TYPE", "ID", "ATTEMPTS", "AGE", "SERVER")
+    if any(notes):  # only when there is something to say: the usual listing stays six columns
+        header += ("NOTE",)
+        rows = [(*row, note) for row, note in zip(rows, notes, strict=True)]
+    _table(header, rows, empty="no tasks")
     if truncated:
         click.echo(f"(first {limit} shown; raise --limit for more)")
+
+
+def _note(info: TaskInfo, now: float) -> str:
+    """What ``list`` adds about a task: a priority other than the default, a due time, a cancel request."""
+    parts = []
+    if info.priority != DEFAULT_PRIORITY:
+        parts.append(f"priority {info.priority}")
+    if info.not_before is not None:
+        parts.append(f"due in {_age(info.not_before - now)}" if info.not_before > now else "due")
+    if info.cancel_requested is not None:
+        parts.append(f"cancel requested by {info.cancel_requested}")
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------- cancelling and re-running
+
+
+@cli.command()
+@click.argument("type_id", metavar="TYPE")
+@click.argument("task_id", metavar="ID")
+@json_option
+@click.pass_context
+def cancel(ctx: click.Context, type_id: str, task_id: str, as_json: bool) -> None:
+    """Cancel a task: an ENQUEUED one ends FAILED at once; a running one is asked to stop.
+
+    The daemon holding a SCHEDULED or RUNNING task ends it FAILED, after its
+    handler stops (or is killed for ignoring the request). A FINISHED or
+    FAILED task cannot be cancelled (exit 1).
+
+    \b
+    Example:
+      spoolatp cancel SequenceSum Task001
+    """
+    spool = _open(ctx)
+    state = spool.cancel(type_id, task_id, by=_who("cancel"))
+    requested = not state.terminal
+    server = None
+    if requested:
+        with contextlib.suppress(SpoolError):
+            server = spool.info(type_id, task_id).server
+    if as_json:
+        _json_out(
+            {
+                "type": type_id,
+                "id": task_id,
+                "state": state.name,
+                "code": int(state),
+                "requested": requested,
+                "server": server,
+            }
+        )
+    elif requested:
+        click.echo(f"{type_id}/{task_id} cancel requested; {state.name} on {server or 'a daemon'}")
+    else:
+        click.echo(f"{type_id}/{task_id} cancelled ({state.name})")
+
+
+@cli.command()
+@click.argument("type_id", metavar="[TYPE", required=False)
+@click.argument("task_id", metavar="ID]", required=False)
+@click.option("--type", "of_type", metavar="TYPE", help="With --failed: every FAILED task of this type.")
+@click.option("--failed", is_flag=True, help="With --type: re-run all its FAILED tasks (the bulk action).")
+@json_option
+@click.pass_context
+def retry(
+    ctx: click.Context, type_id: str | None, task_id: str | None, of_type: str | None, failed: bool, as_json: bool
+) -> None:
+    """Put FAILED tasks back in the queue, keeping their history.
+
+    Give one task as TYPE ID, or every FAILED task of a type with --type TYPE
+    --failed. A task that is not FAILED is an error (exit 1). Each task's
+    restart and retry budgets start afresh; its log notes who re-ran it.
+
+    \b
+    Examples:
+      spoolatp retry SequenceSum Task001
+      spoolatp retry --type SequenceSum --failed
+    """
+    if of_type is not None or failed:
+        if type_id is not None:
+            raise click.UsageError("give TYPE ID, or --type TYPE --failed, not both")
+        if of_type is None:
+            raise click.UsageError("--failed goes with --type TYPE (re-run every FAILED task of TYPE)")
+        if not failed:
+            raise click.UsageError(f"add --failed to re-run every FAILED task of type {of_type!r}")
+    elif type_id is None or task_id is None:
+        raise click.UsageError("give TYPE ID of one task, or --type TYPE --failed")
+    spool = _open(ctx)
+    by = _who("retry")
+    retried: list[tuple[str, str]] = []
+    if of_type is None:
+        assert type_id is not None and task_id is not None
+        spool.rerun(type_id, task_id, by=by)
+        retried.append((type_id, task_id))
+    else:
+        spool.get_type(of_type)  # a typo is an error, not "nothing to re-run"
+        for info in list(spool.tasks(State.FAILED, of_type)):
+            try:
+                spool.rerun(info.type_id, info.task_id, by=by)
+            except (TaskNotFound, ValueError):
+                continue  # deleted or re-run by someone else meanwhile: nothing left to do
+            retried.append((info.type_id, info.task_id))
+    if as_json:
+        _json_out({"retried": [{"type": t, "id": i} for t, i in retried], "count": len(retried)})
+        return
+    for t, i in retried:
+        click.echo(f"{t}/{i} re-enqueued")
+    if of_type is not None and not retried:
+        click.echo(f"no FAILED tasks of type {of_type}")
 
 
 # --------------------------------------------------------------------------- waiting
@@ -999,6 +1374,14 @@ def handlers(as_json: bool) -> None:
     show_default=True,
     help="Heartbeat age after which another daemon is presumed dead.",
 )
+@click.option(
+    "--cancel-grace",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    default=10.0,
+    show_default=True,
+    help="Time a handler gets to stop after its task was cancelled, before it is killed.",
+)
 @click.option("--burst", is_flag=True, help="Drain the queue and exit.")
 @click.option("--server-id", metavar="ID", help="This daemon's id [default: <hostname>-<pid>].")
 @click.option(
@@ -1018,6 +1401,7 @@ def daemon(
     sweep_interval: float,
     heartbeat: float,
     dead_after: float,
+    cancel_grace: float,
     burst: bool,
     server_id: str | None,
     log_level: str,
@@ -1043,6 +1427,7 @@ def daemon(
         sweep_interval=sweep_interval,
         heartbeat=heartbeat,
         dead_after=dead_after,
+        cancel_grace=cancel_grace,
         burst=burst,
     )
     return runner.run()
@@ -1225,6 +1610,9 @@ def _info_json(info: TaskInfo, now: float) -> dict[str, Any]:
         "age": round(now - info.enqueued, 3),
         "progress": info.progress,
         "progress_message": info.progress_message,
+        "priority": info.priority,
+        "not_before": info.not_before,
+        "cancel_requested": info.cancel_requested,
     }
 
 

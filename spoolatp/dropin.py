@@ -18,10 +18,17 @@ renames the file to its final name, in the same directory: the rename makes
 the whole file appear at once, so a half-written file is never read.
 
 **Task documents** are JSON objects with the keys ``type`` (required),
-``id`` (default: the file name without ``.json``) and ``input`` (default
-``null``); nothing else. At most :data:`MAX_DOCUMENT_BYTES` bytes and
+``id`` (default: the file name without ``.json``), ``input`` (default
+``null``), ``priority`` (0..9, default: the type's) and ``not_before``
+(seconds after the document was written, or an ISO 8601 time; default: at
+once); nothing else. At most :data:`MAX_DOCUMENT_BYTES` bytes and
 :data:`MAX_DEPTH` levels of nested arrays and objects. JSON is parsed, never
 unpickled.
+
+A delay in seconds counts from the document's modification time (stamped by
+the file server, as the spool's clock is), not from its ingest: a drop-in
+that waited for an ingest, a full queue or a crashed ingester does not wait
+twice, and every retry of its ingest computes the same due time.
 
 **Ingest** (:func:`ingest`, run by the daemon on every sweep and whenever its
 watcher sees a change here, and by ``spoolatp sweep``) handles one file at a
@@ -69,6 +76,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -76,11 +84,12 @@ import socket
 import stat
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from spoolatp.errors import QueueFull, SpoolError, TaskExists, TaskNotFound, UnknownTaskType
-from spoolatp.spool import Spool, State, validate_id
+from spoolatp.errors import QueueFull, SpoolError, StorageError, TaskExists, TaskNotFound, UnknownTaskType
+from spoolatp.spool import Spool, State, validate_id, validate_priority
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +104,10 @@ STALE_AFTER = 60.0
 #: seconds before this process tries again a drop-in it had to leave claimed
 RETRY_AFTER = 5.0
 #: the keys a task document may have
-DOCUMENT_KEYS = frozenset({"type", "id", "input"})
+DOCUMENT_KEYS = frozenset({"type", "id", "input", "priority", "not_before"})
+#: longest delay accepted, in seconds (100 years): catches typos, and keeps a due
+#: time inside the 16 hex digits of nanoseconds that name a delayed task (until 2554)
+MAX_DELAY = 100 * 365 * 86400.0
 
 REJECTED = "rejected"
 INGEST = ".ingest"
@@ -181,6 +193,7 @@ def prepare(spool: Spool) -> Path:
     base = drop_dir(spool)
     for path in (base, base / REJECTED, base / INGEST):
         path.mkdir(mode=0o770, exist_ok=True)
+        _check_real_dir(path)
     for ttype in spool.types():
         if ttype.options.get("hot_folder"):
             with contextlib.suppress(ValueError):
@@ -237,7 +250,7 @@ def ingest(spool: Spool, *, stale_after: float = STALE_AFTER) -> IngestReport:
             folder = hot_folder(spool, ttype.name)
         except ValueError:
             continue
-        if not folder.is_dir():
+        if not _hot_folder_ok(spool, folder, ttype.name, report):
             continue
         for claimed in _adopt(spool, folder / INGEST, folder, ttype.name, stale_after):
             full = _process(spool, claimed, report, full)
@@ -251,6 +264,8 @@ def ingest(spool: Spool, *, stale_after: float = STALE_AFTER) -> IngestReport:
                 _reject_long(spool, folder / name, name, ttype.name, report)
                 continue
             (folder / INGEST).mkdir(mode=0o770, exist_ok=True)
+            if not _hot_folder_ok(spool, folder, ttype.name, report):
+                break
             claimed_hot = _claim(spool, folder / name, folder / INGEST, folder, name, ttype.name)
             if claimed_hot is not None:
                 full = _process(spool, claimed_hot, report, full)
@@ -344,7 +359,7 @@ def _process(spool: Spool, claimed: _Claimed, report: IngestReport, full: bool) 
 
 
 def _ingest_document(spool: Spool, claimed: _Claimed) -> tuple[str, str, bool]:
-    data = _read_document(claimed.path)
+    data, written = _read_document(claimed.path)
     digest = hashlib.sha256(data).hexdigest()
     doc = parse_document(data)
     type_id = doc["type"]
@@ -355,8 +370,22 @@ def _ingest_document(spool: Spool, claimed: _Claimed) -> tuple[str, str, bool]:
     else:
         raise Rejected(f'file name {claimed.name!r} does not end in .json and the document has no "id"')
     _check_ids(spool, type_id, task_id)
+    not_before = doc.get("not_before")
+    if isinstance(not_before, float):
+        # seconds after the document was written: the same due time on every retry of this ingest
+        now = spool.clock()
+        not_before = max(0.0, min(written, now) + not_before - now)
     marker = f"[drop-in {claimed.name} sha256:{digest} ingest:{claimed.token}]"
-    recovered = _enqueue(spool, type_id, task_id, doc.get("input"), marker, claimed.token)
+    recovered = _enqueue(
+        spool,
+        type_id,
+        task_id,
+        doc.get("input"),
+        marker,
+        claimed.token,
+        priority=doc.get("priority"),
+        not_before=not_before,
+    )
     return type_id, task_id, recovered
 
 
@@ -380,6 +409,7 @@ def _ingest_hot(spool: Spool, claimed: _Claimed) -> tuple[str, str, bool]:
             if owner is not None and owner != claimed.token:
                 raise Rejected(_duplicate(type_id, task_id))
             dest.parent.mkdir(mode=0o770, exist_ok=True)
+            _check_real_dir(dest.parent)  # a link planted in files/ must not take the file out of the spool
             moved = _store(claimed.path, dest)
         marker = f"[drop-in {type_id}/{claimed.name} size:{st.st_size} ingest:{claimed.token}]"
         recovered = _enqueue(spool, type_id, task_id, str(dest.absolute()), marker, claimed.token)
@@ -411,11 +441,21 @@ def _store(path: Path, dest: Path) -> bool:
     return False
 
 
-def _enqueue(spool: Spool, type_id: str, task_id: str, input: Any, marker: str, token: str) -> bool:
+def _enqueue(
+    spool: Spool,
+    type_id: str,
+    task_id: str,
+    input: Any,
+    marker: str,
+    token: str,
+    *,
+    priority: int | None = None,
+    not_before: datetime | float | None = None,
+) -> bool:
     """Enqueue once; return True if an earlier ingest of this very drop-in already did."""
     for _ in range(3):
         try:
-            spool.enqueue(type_id, task_id, input, message=marker)
+            spool.enqueue(type_id, task_id, input, message=marker, priority=priority, not_before=not_before)
             return False
         except TaskExists:
             owner = _marked_by(spool, type_id, task_id)
@@ -427,7 +467,7 @@ def _enqueue(spool: Spool, type_id: str, task_id: str, input: Any, marker: str, 
             time.sleep(0.01)
         except UnknownTaskType:
             raise Rejected(_unknown_type(spool, type_id)) from None
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             raise Rejected(str(exc)) from None
     raise Later(
         f"the id of task {type_id!r}/{task_id!r} is reserved by an enqueue that has not finished "
@@ -462,7 +502,11 @@ def _exists(spool: Spool, type_id: str, task_id: str) -> bool:
 
 
 def parse_document(data: bytes) -> dict[str, Any]:
-    """Parse and check a task document; return ``{"type", ["id"], ["input"]}``.
+    """Parse and check a task document; return ``{"type", ["id"], ["input"], ["priority"], ["not_before"]}``.
+
+    ``not_before`` is returned as a float (seconds after the document was
+    written) or a :class:`~datetime.datetime`; a ``null`` priority or
+    not_before is left out (the default).
 
     :raises Rejected: with the exact reason.
     """
@@ -485,13 +529,82 @@ def parse_document(data: bytes) -> dict[str, Any]:
         raise Rejected(f'not a JSON object but {_json_kind(doc)}; write {{"type": ..., "id": ..., "input": ...}}')
     unknown = sorted(set(doc) - DOCUMENT_KEYS)
     if unknown:
-        raise Rejected(f"unknown key(s) {', '.join(map(repr, unknown))}; a task document has only type, id and input")
+        raise Rejected(
+            f"unknown key(s) {', '.join(map(repr, unknown))}; "
+            "a task document has only type, id, input, priority and not_before"
+        )
     if "type" not in doc:
         raise Rejected('no "type": name the task type, e.g. {"type": "SequenceSum", "input": [1, 2]}')
     for key in ("type", "id"):
         if key in doc and not isinstance(doc[key], str):
             raise Rejected(f'"{key}" must be a string, not {_json_kind(doc[key])}')
+    for key in ("priority", "not_before"):
+        if key in doc and doc[key] is None:
+            del doc[key]  # null: the default
+    if "priority" in doc:
+        try:
+            validate_priority(doc["priority"])
+        except ValueError:
+            raise Rejected(
+                f'"priority" must be a whole number from 0 (least urgent) to 9 (most urgent), '
+                f"not {_shown(doc['priority'])}"
+            ) from None
+    if "not_before" in doc:
+        doc["not_before"] = _document_not_before(doc["not_before"])
     return doc
+
+
+def _document_not_before(value: Any) -> datetime | float:
+    try:
+        if isinstance(value, str):
+            return parse_time(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return check_delay(float(value))
+    except ValueError as exc:
+        raise Rejected(f'"not_before": {exc}') from None
+    raise Rejected(
+        '"not_before" must be a number of seconds (after the document was written) or an ISO 8601 time '
+        f'such as "2026-11-29T12:00:00+01:00", not {_json_kind(value)}'
+    )
+
+
+def check_delay(seconds: float) -> float:
+    """Check a delay in seconds from now; return it.
+
+    :raises ValueError: negative, not finite, or more than :data:`MAX_DELAY`.
+    """
+    if not math.isfinite(seconds):
+        raise ValueError(f"a delay must be a finite number of seconds, not {seconds!r}")
+    if seconds < 0:
+        raise ValueError(f"a delay must not be negative ({seconds:g} s); give the seconds from now to wait")
+    if seconds > MAX_DELAY:
+        raise ValueError(f"a delay of {seconds:g} s is more than 100 years; give a shorter one")
+    return seconds
+
+
+def parse_time(text: str) -> datetime:
+    """Parse an ISO 8601 time (``2026-11-29T12:00:00``, ``...+01:00``, ``...Z``); naive means local time.
+
+    :raises ValueError: not such a time, or more than :data:`MAX_DELAY` ahead.
+    """
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an ISO 8601 time; write e.g. 2026-11-29T12:00:00 (local time) "
+            "or 2026-11-29T12:00:00+01:00"
+        ) from None
+    try:
+        ahead = when.timestamp() - time.time()
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"{text!r} is out of the range of times this host can represent") from None
+    if ahead > MAX_DELAY:
+        raise ValueError(f"{text!r} is more than 100 years from now; give an earlier time")
+    return when
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (bool, int, float, str)) or value is None else _json_kind(value)
 
 
 def _depth(text: str) -> int:
@@ -527,7 +640,8 @@ def _json_kind(value: object) -> str:
     return names.get(type(value), "a number")
 
 
-def _read_document(path: Path) -> bytes:
+def _read_document(path: Path) -> tuple[bytes, float]:
+    """The document's bytes and its modification time (the file server's clock)."""
     try:
         # O_NOFOLLOW: a symlink is never followed; O_NONBLOCK: a FIFO cannot hang the ingester
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -553,7 +667,7 @@ def _read_document(path: Path) -> bytes:
                 break
             chunks.append(chunk)
             left -= len(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), st.st_mtime
     finally:
         os.close(fd)
 
@@ -658,6 +772,47 @@ def _listdir(path: Path, *, hidden: bool = False) -> list[str]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     return sorted(n for n in names if hidden or not n.startswith("."))
+
+
+def _real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _check_real_dir(path: Path) -> None:
+    """:raises StorageError: ``path`` is a symbolic link (or a file), which is never worked through."""
+    if not _real_dir(path):
+        raise StorageError(
+            errno.ENOTDIR, f"{path} is not a directory but a symbolic link or a file; refusing to work through it"
+        )
+
+
+def _hot_folder_ok(spool: Spool, folder: Path, type_id: str, report: IngestReport) -> bool:
+    """Whether hot folder ``folder`` (and its ``.ingest/``) can be worked in; a link in their place is rejected.
+
+    Hot folders live in ``drop/``, which may be open to others: one of them
+    could put a symbolic link there (to /etc, say). It is moved to
+    ``rejected/`` as it is, never followed, and the real folder is made
+    again by the next ingest.
+    """
+    for path in (folder, folder / INGEST):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            if path == folder:
+                return False  # no hot folder: nothing to ingest
+            continue  # no .ingest/ yet: made when the first file is claimed
+        if stat.S_ISDIR(mode):
+            continue
+        kind = "a file" if stat.S_ISREG(mode) else _kind(mode)
+        reason = f"{kind} in place of the hot folder of task type {type_id!r} (or its {INGEST}/); never followed"
+        shown = os.path.relpath(path, drop_dir(spool))
+        if _move_rejected(spool, path, shown.replace(os.sep, "~"), shown, reason, secrets.token_hex(8)):
+            report.rejected.append((shown, reason))
+        return False
+    return True
 
 
 def _is_dir(path: Path) -> bool:

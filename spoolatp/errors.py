@@ -11,7 +11,10 @@
     +-- TaskExists(..., FileExistsError)    the (type, id) pair is taken
     +-- UnknownTaskType(..., LookupError)   no such task type is registered
     +-- ClaimLost(..., RuntimeError)        a consumer's claim was taken from it
-    +-- CorruptTaskFile(..., ValueError)    a task file failed validation
+    +-- CorruptTaskFile(..., ValueError)    a task file failed validation (or its signature)
+    +-- TaskTooLarge(..., ValueError)       an input or response exceeds the spool's size limit
+    +-- SigningKeyError(..., PermissionError)  this process's key does not fit the spool's signing
+    +-- StorageError(..., OSError)          the spool's file system refused a write (full, read-only)
     +-- HandlerNotFound(..., LookupError)   no installed plugin offers a handler
     +-- PluginError(..., RuntimeError)      a plugin is broken (import, hooks, duplicates)
     +-- Retry                               raised by a handler: try this task again later
@@ -108,6 +111,57 @@ class CorruptTaskFile(SpoolError, ValueError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class TaskTooLarge(SpoolError, ValueError):
+    """An input (pickled) or a response is larger than the spool allows; nothing was written."""
+
+    def __init__(self, what: str, size: int, limit: int, setting: str, spool: object) -> None:
+        self.what, self.size, self.limit, self.setting, self.spool = what, size, limit, setting, spool
+        super().__init__(
+            f"{what} is {_bytes(size)}, more than the {_bytes(limit)} the spool at {spool} accepts; "
+            f"nothing was written (make it smaller, or raise the setting {setting} with "
+            f"`spoolatp init --{setting.replace('_', '-')}` or Spool.configure({setting}=...))"
+        )
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class SigningKeyError(SpoolError, PermissionError):
+    """This process has no key for a signed spool, a key of another spool, or an unusable key file.
+
+    Raised before any task file is read, so a host with the wrong key never
+    mistakes good tasks for forged ones (and never quarantines them).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class StorageError(SpoolError, OSError):
+    """The spool's file system refused a write: full (ENOSPC, EDQUOT), read-only (EROFS), or I/O.
+
+    Carries the ``errno`` of the cause; what was half done has been undone,
+    so the operation can simply be retried once the cause is gone.
+    """
+
+    def __init__(self, errno: int | None, message: str) -> None:
+        super().__init__(errno, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit} ({n} bytes)"
+    return f"{n} bytes"
 
 
 class HandlerNotFound(SpoolError, LookupError):
