@@ -120,8 +120,9 @@ def trust_warnings(spool: Spool) -> list[str]:
     out = []
     if not spool.check_key():
         out.append(
-            f"spool {spool.path} is not signed: every task file in it is trusted, so whoever can write to it can "
-            f"run code as this daemon's user; give it a key (`spoolatp init --key-file`, {KEY_ENV}; docs/security.md)"
+            f"spool {spool.path} is not signed: every task file in it is trusted, so whoever can write to it "
+            "can run code as the user its daemons run as; give it a key "
+            f"(`spoolatp init --key-file`, {KEY_ENV}; docs/security.md)"
         )
     paths = [spool.path, spool.path / "spool.json"]
     paths += [spool.path / name for name in SPOOL_DIRS]

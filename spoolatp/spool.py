@@ -1925,7 +1925,7 @@ class Spool:
         if restart is not None:
             entry["restart"] = restart
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        for attempt in range(8):
+        for attempt in range(SETTLE_TRIES):
             try:
                 # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
                 # directory is opened O_NOFOLLOW, so a link in its place is never written through
@@ -2004,19 +2004,20 @@ def _move(src: Path, dst: Path, *, proof: str) -> bool:
     (gone means we moved it), ``"dst"`` for a private destination (present
     means we moved it there).
     """
-    for attempt in range(6):
+    for attempt in range(SETTLE_TRIES):
         try:
             os.rename(src, dst)
             return True
         except OSError as exc:
-            if exc.errno == errno.ESTALE and attempt < 5:
-                time.sleep(0.005 * 2**attempt)
+            if exc.errno == errno.ESTALE and attempt < SETTLE_TRIES - 1:
+                time.sleep(_settle_delay(attempt))
                 continue
             if exc.errno != errno.ENOENT:
                 raise
             if proof == "src":
                 return not os.path.lexists(src) and os.path.isdir(dst.parent)
-            return os.path.lexists(dst)
+            # a lookup may be answered from a stale cache; a readdir is answered by the server
+            return os.path.lexists(dst) or dst.name in _names_in(dst.parent)
     return False  # pragma: no cover - the loop returns or raises
 
 
@@ -2059,14 +2060,35 @@ def _settling(exc: OSError, directory: Path, attempt: int) -> bool:
     (or this one) renamed a moment ago; while the directory itself is there,
     a retry resolves it. Once the directory is gone, the task moved on.
     """
-    if exc.errno not in (errno.ENOENT, errno.ESTALE) or attempt >= 7 or not os.path.isdir(directory):
+    if exc.errno not in (errno.ENOENT, errno.ESTALE) or not os.path.isdir(directory):
         return False
-    time.sleep(0.005 * 2**attempt)  # 0.6 s in all
+    if attempt >= SETTLE_TRIES - 1:
+        # past the usual staleness: go on only while the server still lists the name (a readdir is
+        # answered by the server, where a lookup may be answered from a stale cache)
+        name = os.path.basename(str(exc.filename or ""))
+        if attempt >= 4 * SETTLE_TRIES or not name or name not in os.listdir(directory):
+            return False
+    time.sleep(_settle_delay(attempt))
     return True
 
 
+#: tries of an operation that a network file system may answer falsely for about a second (GlusterFS)
+SETTLE_TRIES = 10
+
+
+def _settle_delay(attempt: int) -> float:
+    return min(0.5, 0.005 * 2.0**attempt)  # 2.1 s over SETTLE_TRIES: past GlusterFS's 1 s of staleness
+
+
+def _names_in(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
 def _read_settled(file: Path) -> bytes:
-    for attempt in range(8):
+    for attempt in range(SETTLE_TRIES):
         try:
             with open(file, "rb", opener=_nofollow) as f:
                 return f.read()

@@ -43,7 +43,8 @@ def test_failing_handler_finishes_after_two_logged_retries_with_growing_delays(
     assert 0.2 <= delays[0] <= 0.4 and 0.4 <= delays[1] <= 0.8 and delays[1] >= delays[0]
     runs = [r.time for r in log if r.state is State.RUNNING]
     assert len(runs) == 3
-    assert runs[1] - runs[0] >= delays[0] and runs[2] - runs[1] >= delays[1]  # and no retry started early
+    # no retry started early (the logged delays are rounded to 0.1 s)
+    assert runs[1] - runs[0] >= delays[0] - 0.05 and runs[2] - runs[1] >= delays[1] - 0.05
     assert spool.response("Flaky", "f")[0] == "ok on attempt 3"
 
 
