@@ -1,0 +1,124 @@
+"""The design floor: spoolatp's on-disk protocol with nothing else, to split its cost in two.
+
+It makes exactly the file operations spoolatp's design needs per task and no
+others: enqueue = symlink in ids/, mkdir in tmp/, write the task file, rename
+the directory into enqueued/; claim = rename into scheduled/SERVER/, read the
+task file, append a journal line; start = rename into running/SERVER/, append;
+finish = append, rename into finished/. Durable mode fsyncs each file written,
+as spoolatp's does. No validation, checksums, pickling or re-reads.
+
+floor -> design floor is the price of the layout (a directory and an id link
+per task, a journal line per transition); design floor -> spoolatp is the
+price of the implementation, which is what a fix can win back.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import time
+from typing import Any
+
+
+class DesignFloor:
+    def __init__(self, path: str, durable: bool = False, server: str = "s") -> None:
+        self.path, self.durable, self.server = path, durable, server
+        self._cache: list[str] = []
+        self._seq = 0
+        for sub in ("ids", "tmp", "enqueued", f"scheduled/{server}", f"running/{server}", "finished"):
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+
+    def _write(self, path: str, data: bytes, flags: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | flags, 0o660)
+        try:
+            os.write(fd, data)
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def enqueue(self, data: bytes) -> str:
+        self._seq += 1
+        tid = f"{os.getpid()}-{self._seq}"
+        key = f"{time.time_ns():016x}~T~{tid}"
+        os.symlink(key, os.path.join(self.path, "ids", f"T~{tid}"))
+        tmp = os.path.join(self.path, "tmp", f"enq~{key}")
+        os.mkdir(tmp, 0o770)
+        self._write(os.path.join(tmp, "task"), data, os.O_EXCL)
+        os.rename(tmp, os.path.join(self.path, "enqueued", key))
+        return key
+
+    def claim(self) -> str | None:
+        while True:
+            if not self._cache:
+                self._cache = sorted(os.listdir(os.path.join(self.path, "enqueued")), reverse=True)
+                if not self._cache:
+                    return None
+            key = self._cache.pop()
+            dest = os.path.join(self.path, "scheduled", self.server, key)
+            try:
+                os.rename(os.path.join(self.path, "enqueued", key), dest)
+            except FileNotFoundError:
+                continue
+            fd = os.open(os.path.join(dest, "task"), os.O_RDONLY)
+            os.read(fd, 65536)
+            os.close(fd)
+            self._write(os.path.join(dest, "journal"), b'{"s":2}\n', os.O_APPEND)
+            return key
+
+    def start(self, key: str) -> None:
+        dest = os.path.join(self.path, "running", self.server, key)
+        os.rename(os.path.join(self.path, "scheduled", self.server, key), dest)
+        self._write(os.path.join(dest, "journal"), b'{"s":3}\n', os.O_APPEND)
+
+    def finish(self, key: str) -> None:
+        src = os.path.join(self.path, "running", self.server, key)
+        self._write(os.path.join(src, "journal"), b'{"s":5}\n', os.O_APPEND)
+        os.rename(src, os.path.join(self.path, "finished", key))
+
+
+def _design_worker(conn: Any, path: str, stamps: str) -> None:
+    floor = DesignFloor(path)
+    while (key := conn.recv()) is not None:
+        floor.start(key)
+        line = f"{time.time():.6f}\n".encode()  # what bench.stamp does
+        fd = os.open(stamps, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, line)
+        os.close(fd)
+        floor.finish(key)
+        conn.send(True)
+
+
+def design_daemon(path: str, workers: int, n: int, stamps: str, durable: bool = False) -> None:
+    """spoolatp's daemon architecture on the design floor: one claimer, ``workers`` processes, a pipe each.
+
+    The main process claims a task for each idle worker and sends its key; the
+    worker starts, stamps and finishes it and answers. No logging, no checks.
+    """
+    floor = DesignFloor(path, durable)
+    for _ in range(n):
+        floor.enqueue(b"x" * 200)
+    ctx = multiprocessing.get_context("fork")
+    pool = []
+    for _ in range(workers):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_design_worker, args=(child, path, stamps), daemon=True)
+        proc.start()
+        pool.append([parent, proc, False])
+    done = 0
+    while done < n:
+        for w in pool:
+            if not w[2] and (key := floor.claim()) is not None:
+                w[0].send(key)
+                w[2] = True
+        busy = [w[0] for w in pool if w[2]]
+        if not busy:
+            break
+        for conn in multiprocessing.connection.wait(busy):
+            conn.recv()
+            done += 1
+            next(w for w in pool if w[0] is conn)[2] = False
+    for w in pool:
+        w[0].send(None)
+        w[1].join()
