@@ -10,6 +10,7 @@ Warnings are errors and every test has a timeout: both come from ``pyproject.tom
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -57,3 +58,14 @@ def tracker_spool(spool_path: Path) -> Iterator[Spool]:
     yield spool
     tracker._selected = old
     tracker._spools.pop(str(spool.path), None)
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Daemon subprocesses a test starts; any still running at its end are killed."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait(10)

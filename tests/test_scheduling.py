@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -14,16 +13,6 @@ from test_daemon import start_daemon, stop, wait_for
 from spoolatp import Spool, State
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def test_failing_handler_finishes_after_two_logged_retries_with_growing_delays(
