@@ -115,6 +115,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import pickle
 import random
@@ -2029,6 +2030,10 @@ def _host_time() -> float:
 _CLOCK_OFFSET = float(os.environ.get("SPOOLATP_CLOCK_OFFSET") or 0.0)
 
 
+#: the longest delay a task may have, seconds (100 years)
+MAX_DELAY = 100 * 365.25 * 86400
+
+
 def _due(not_before: datetime | float | None, now: float) -> float | None:
     """When a task may start (spool clock), from ``not_before``; None for at once."""
     if not_before is None:
@@ -2036,11 +2041,15 @@ def _due(not_before: datetime | float | None, now: float) -> float | None:
     if isinstance(not_before, datetime):
         # a wall-clock time means the same instant on every host: shift it onto the spool's clock
         due = not_before.timestamp() - _host_time() + now
+        if due - now > MAX_DELAY:
+            raise ValueError(f"not_before {not_before.isoformat()} is more than 100 years away")
         return due if due > now else None
-    if isinstance(not_before, bool) or not isinstance(not_before, (int, float)) or not_before != not_before:
+    if isinstance(not_before, bool) or not isinstance(not_before, (int, float)) or not math.isfinite(not_before):
         raise ValueError(f"not_before must be a datetime or a number of seconds, not {not_before!r}")
     if not_before < 0:
         raise ValueError(f"not_before must not be negative ({not_before} s); give a delay from now in seconds")
+    if not_before > MAX_DELAY:  # due names hold 16 hex digits of nanoseconds: they end in 2554
+        raise ValueError(f"not_before is {not_before:g} s away; the limit is 100 years")
     return now + not_before if not_before > 0 else None
 
 

@@ -91,6 +91,10 @@ def test_bad_delays_and_priorities_are_refused_with_nothing_written(tmp_path: Pa
     spool.register_type("Echo", "testing.echo")
     with pytest.raises(ValueError, match="must not be negative"):
         spool.enqueue("Echo", "a", 1, not_before=-1)
+    with pytest.raises(ValueError, match="limit is 100 years"):
+        spool.enqueue("Echo", "far", 1, not_before=1e12)  # due names would overflow in 2554
+    with pytest.raises(ValueError, match="a datetime or a number of seconds"):
+        spool.enqueue("Echo", "inf", 1, not_before=float("inf"))
     with pytest.raises(ValueError, match="priority must be a whole number from 0"):
         spool.enqueue("Echo", "b", 1, priority=10)
     with pytest.raises(ValueError, match="priority"):
