@@ -371,11 +371,12 @@ def section_latency(rep: Report, fs: str, base: str, c: Counts) -> None:
     rep.absolute(
         fs,
         "idle",
-        "daemon main process CPU while idle",
+        "daemon main process CPU while idle (all threads)",
         ours["idle_cpu_main_pct"],
         "%",
         0.5,
-        note=f"over {ours['idle_window_s']:.1f} s; whole tree {ours['idle_cpu_tree_pct']:.2f} %",
+        note=f"schedstat over {ours['idle_window_s']:.1f} s; utime+stime ticks say "
+        f"{ours['idle_cpu_main_ticks_pct']:.2f} %; whole tree {ours['idle_cpu_tree_pct']:.2f} %",
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from common import (
     BENCH_DIR,
     cpu_seconds,
+    cpu_seconds_precise,
     drain_rate,
     env_with_plugin,
     parallel_rate,
@@ -394,11 +395,12 @@ def daemon_latency_and_idle(base: str, n: int, idle_s: float) -> dict[str, Any]:
         # idle CPU first, on a daemon that has been idle for a second
         pid = daemon.proc.pid
         tree0 = _tree_cpu(pid)
-        c0, t0 = cpu_seconds(pid), time.monotonic()
+        c0, p0, t0 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
         time.sleep(idle_s)
-        c1, t1 = cpu_seconds(pid), time.monotonic()
+        c1, p1, t1 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
         tree1 = _tree_cpu(pid)
-        out["idle_cpu_main_pct"] = 100 * (c1 - c0) / (t1 - t0)
+        out["idle_cpu_main_pct"] = 100 * (p1 - p0) / (t1 - t0)  # schedstat: exact
+        out["idle_cpu_main_ticks_pct"] = 100 * (c1 - c0) / (t1 - t0)  # utime+stime: 10 ms ticks
         out["idle_cpu_tree_pct"] = 100 * (tree1 - tree0) / (t1 - t0)
         out["idle_window_s"] = t1 - t0
         lat, pub, enq = [], [], []
@@ -414,6 +416,7 @@ def daemon_latency_and_idle(base: str, n: int, idle_s: float) -> dict[str, Any]:
             pub.append((s - t_pub) * 1000)
             enq.append((t_pub - t) * 1000)
         out["latency_ms"] = summary(lat)
+        out["latency_ms_each"] = [round(x, 3) for x in lat]
         out["latency_from_publish_ms"] = summary(pub)
         out["enqueue_call_ms"] = summary(enq)
     finally:
@@ -423,7 +426,7 @@ def daemon_latency_and_idle(base: str, n: int, idle_s: float) -> dict[str, Any]:
 
 
 def _tree_cpu(root: int) -> float:
-    """CPU seconds of ``root`` and all its descendants (the fork server and the workers)."""
+    """On-CPU seconds (schedstat) of ``root`` and all its descendants (the fork server and the workers)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -437,7 +440,7 @@ def _tree_cpu(root: int) -> float:
     while todo:
         pid = todo.pop()
         try:
-            total += cpu_seconds(pid)
+            total += cpu_seconds_precise(pid)
         except OSError:
             pass
         todo.extend(children.get(pid, []))

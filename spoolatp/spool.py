@@ -1400,7 +1400,7 @@ class Spool:
     def _listing_stale(self) -> bool:
         """Whether the cached listing of the queue should be refreshed before the next claim."""
         age = time.monotonic() - self._listed
-        if age > CACHE_TTL:  # a task re-enqueued elsewhere goes back in front of the cached ones
+        if age > max(CACHE_TTL, 10 * self._list_cost):  # a task re-enqueued elsewhere goes back in front
             return True
         if age < max(0.05, 10 * self._list_cost):  # listing costs at most a tenth of the time
             return False
