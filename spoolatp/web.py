@@ -49,7 +49,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -756,16 +756,10 @@ class _App:
         if refused is not None:
             return refused
         type_id, task_id = request.path_params["type_id"], request.path_params["task_id"]
-        retry: Callable[..., Any] | None = getattr(self.dash.spool, "retry", None)
-        if retry is None:
-            return self.error(
-                request,
-                501,
-                "re-enqueueing a FAILED task needs Spool.retry(type_id, task_id, message), which this version of "
-                "spoolatp lacks; the task was not changed",
-            )
         try:
-            await run_in_threadpool(retry, type_id, task_id, "re-enqueued from the web dashboard")
+            await run_in_threadpool(
+                self.dash.spool.rerun, type_id, task_id, "re-run requested from the web dashboard", "web dashboard"
+            )
         except TaskNotFound as exc:
             return self.error(request, 404, str(exc))
         except (ValueError, SpoolError, OSError) as exc:

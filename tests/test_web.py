@@ -539,14 +539,11 @@ def test_actions_are_refused_without_the_token(site: Site, browser: Any, screens
     shoot(browser, screenshots, "13-action-refused")
     assert spool.status("Act", "victim") is State.FAILED
 
-    # with the token: re-enqueue needs Spool.retry, which spool.py may not have yet; delete works
+    # with the token: the FAILED task is re-run (keeping its history), and delete works
     reply = get(task_url(site.admin, "Act", "victim", "/retry"), data={"token": TOKEN})
-    if hasattr(Spool, "retry"):
-        assert reply.status == 303
-        wait_ended(spool, [("Act", "victim")])
-    else:
-        assert reply.status == 501 and "Spool.retry" in reply.text
-        assert spool.status("Act", "victim") is State.FAILED
+    assert reply.status == 303
+    assert any(r.message == "re-run requested from the web dashboard" for r in spool.log("Act", "victim"))
+    wait_ended(spool, [("Act", "victim")])
     reply = get(task_url(site.admin, "Act", "victim", "/delete"), data={}, headers={"Authorization": f"Bearer {TOKEN}"})
     assert reply.status == 200
     with pytest.raises(LookupError):
