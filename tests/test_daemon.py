@@ -334,3 +334,16 @@ def test_a_daemon_with_a_skewed_clock_does_not_steal_a_live_task(tmp_path: Path)
     assert spool.status("Sleep", "held") is State.RUNNING  # 30 s ahead, yet it waits out the 20 s timeout
     spool.finish(claim)
     assert spool.status("Sleep", "held") is State.FINISHED
+
+
+def test_max_tasks_per_worker_recycles_workers(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    marker = tmp_path / "ran.txt"
+    spool.register_type("Mark", "testing.marker", timeout=60)
+    for n in range(6):
+        spool.enqueue("Mark", f"t{n}", {"path": str(marker)})
+    proc = start_daemon(spool, "--workers", "1", "--max-tasks-per-worker", "2", "--burst")
+    assert proc.wait(60) == 0
+    assert spool.counts()["FINISHED"] == 6
+    pids = Counter(line.split()[1] for line in marker.read_text().splitlines())
+    assert len(pids) == 3 and set(pids.values()) == {2}  # one worker, replaced after every second task
