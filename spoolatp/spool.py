@@ -1028,6 +1028,9 @@ class Spool:
             )
             if not _move(tmp, dest, proof="src"):  # publish: whole or not at all
                 raise FileNotFoundError(f"{tmp} vanished before it was published (swept as a crash leftover?)")
+            if self.durable:  # the rename itself survives a power loss only once its directory is on disk
+                _fsync_dir(dest.parent)
+                _fsync_dir(name.parent)
         except BaseException as exc:
             # undo; on a read-only file system the undo may fail too: what it leaves in tmp/ (with the id it
             # reserved) is never visible as a task, and a sweep of tmp/ frees it
@@ -1577,6 +1580,8 @@ class Spool:
                 raise ClaimLost(
                     f"task {claim} was taken from server {claim.server!r}; its result is discarded"
                 ) from None
+        if self.durable:  # a finished task must not come back as running after a power loss
+            _fsync_dir(dest.parent)
         self._emit(state.name.lower(), type_id=claim.type_id, task_id=claim.task_id, key=claim.key, message=message)
 
     def retry_later(self, claim: Claim, reason: str, delay: float | None = None) -> State:
@@ -2087,6 +2092,21 @@ SETTLE_TRIES = 10
 
 def _settle_delay(attempt: int) -> float:
     return min(0.5, 0.005 * 2.0**attempt)  # 2.1 s over SETTLE_TRIES: past GlusterFS's 1 s of staleness
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a rename into it) durable; best effort where unsupported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some network file systems refuse fsync on a directory
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def _names_in(directory: Path) -> list[str]:

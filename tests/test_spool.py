@@ -915,3 +915,18 @@ def test_junk_in_a_server_directory_is_quarantined_not_reaped(spool: Spool, T: s
     assert not junk.exists()
     assert any(p.startswith(name) for p in os.listdir(spool.path / "quarantine"))
     assert os.listdir(spool.path / "tmp") == []
+
+
+def test_a_durable_spool_runs_the_whole_task_cycle(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.configure(durable=True)
+    spool.register_type("E", "testing.echo")
+    spool.enqueue("E", "a", 1)
+    spool.enqueue("E", "later", 2, not_before=30)
+    [claim] = spool.claim("x")
+    spool.start(claim)
+    spool.store_response(claim, "ok", "text/plain")
+    spool.finish(claim)
+    assert spool.durable
+    assert spool.status("E", "a") is State.FINISHED and spool.response("E", "a") == ("ok", "text/plain")
+    assert spool.status("E", "later") is State.ENQUEUED
