@@ -395,6 +395,20 @@ def held(spool_dir: Path, server: str) -> list[str]:
     return listdir(spool_dir / "scheduled" / server) + listdir(spool_dir / "running" / server)
 
 
+def just_started(spool_dir: Path, server: str, within: float) -> list[str]:
+    """Keys a server started running less than ``within`` seconds ago (the rename into running/ sets ctime)."""
+    base = spool_dir / "running" / server
+    now = time.time()
+    fresh = []
+    for key in listdir(base):
+        try:
+            if now - os.lstat(base / key).st_ctime < within:
+                fresh.append(key)
+        except OSError:
+            continue
+    return fresh
+
+
 # --------------------------------------------------------------------------- the audit
 
 

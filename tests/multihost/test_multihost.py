@@ -31,6 +31,7 @@ from rigkit import (
     ended,
     heartbeat,
     held,
+    just_started,
     listdir,
     make_spool,
     read_markers,
@@ -131,7 +132,13 @@ def test_killed_host_tasks_are_rerun_elsewhere_within_the_heartbeat_grace(
         cluster.start(h, name)
     cluster.wait_up(truth, HOSTS)
     rig.run_on("h1", PRODUCER, str(rig.mount("h1") / name), "k", "0", str(n), str(pause), marker)
-    wait_for(lambda: len(held(truth, "h2")) >= 2 and ended(truth) >= 4, 60, "h2 running two tasks")
+    # kill h2 just after it started a task: its tasks start and end in step, and a kill between one
+    # task's end and the next claim would find it holding nothing
+    wait_for(
+        lambda: len(held(truth, "h2")) >= 2 and just_started(truth, "h2", pause / 3) and ended(truth) >= 4,
+        60,
+        "h2 just starting a task while holding two",
+    )
 
     try:
         rig.kill("h2")
