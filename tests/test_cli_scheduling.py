@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_cli import fails
 
 from spoolatp import dropin
 from spoolatp.spool import Spool
@@ -74,15 +75,6 @@ def ok(spool: Spool, *args: str) -> Any:
     proc = run(spool, *args, "--json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def fails(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
-    """The command failed with ``code`` and said so in one line on stderr, with no traceback."""
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("spoolatp: error: "), proc.stderr
-    assert text in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
 
 
 def usage_error(proc: subprocess.CompletedProcess[str], text: str) -> None:

@@ -17,29 +17,16 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from test_spool import raw_states
 
 from spoolatp import Claim, ClaimLost, QueueEmpty, QueueFull, Spool, State, TaskExists, TaskNotFound
-from spoolatp.spool import STATE_DIRS, _encode
+from spoolatp.spool import _encode
 
 CAP = 4
 MAXRESTART = 1
 TYPES = ["A", "Z"]  # A: abandoned only by hand, kept forever; Z: times out and retires at once
 IDS = ["t1", "t2", "t3", "Tâche 1", ".dot", "a~b%"]
 SERVERS = ["s1", "s2"]
-
-
-def raw_states(root: Path) -> dict[str, list[str]]:
-    """Walk the state directories by hand: ``{key: [state dir, ...]}`` without using spoolatp."""
-    found: dict[str, list[str]] = {}
-    for state in STATE_DIRS:
-        base = root / state
-        if state in ("scheduled", "running"):
-            entries = [(f"{state}/{srv}", key) for srv in os.listdir(base) for key in os.listdir(base / srv)]
-        else:
-            entries = [(state, key) for key in os.listdir(base)]
-        for where, key in entries:
-            found.setdefault(key, []).append(where)
-    return found
 
 
 @dataclasses.dataclass
