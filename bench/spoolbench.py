@@ -30,7 +30,8 @@ from designfloor import DesignFloor, design_daemon
 from floor import FloorSpool
 
 from spoolatp.errors import QueueEmpty
-from spoolatp.spool import TASK_MAGIC, Spool, _encode, make_key, seal, unseal
+from spoolatp.format import TASK_MAGIC, encode_name, make_key, seal, unseal
+from spoolatp.spool import Spool
 
 NOOP, STAMP = "Noop", "Stamp"
 PAYLOAD = b"x" * 200  # about the size of a spoolatp task file holding input None
@@ -130,7 +131,7 @@ def api_rates(
 def _fill_part(i: int, path: str, start: int, count: int, template: dict[str, Any]) -> int:
     """Write tasks exactly as Spool.enqueue lays them out, without its checks (the queue is idle)."""
     ids, enq = os.path.join(path, "ids"), os.path.join(path, "enqueued")
-    tname = _encode(NOOP)
+    tname = encode_name(NOOP)
     for j in range(start, start + count):
         tid = f"d{j:08d}"
         key = make_key(NOOP, tid, 0x1800000000000000 + j)
@@ -234,12 +235,12 @@ def depth_costs(
 
 
 def _count_listings(path: str) -> Callable[[], int]:
-    """Count listings of ``enqueued/`` by spoolatp from now on (wraps spool._listdir in this process)."""
-    import spoolatp.spool as mod
+    """Count listings of ``enqueued/`` by spoolatp from now on (wraps fsio.listdir in this process)."""
+    import spoolatp.fsio as mod
 
     target = os.path.join(path, "enqueued")
-    if not hasattr(mod._listdir, "counts"):
-        real = mod._listdir
+    if not hasattr(mod.listdir, "counts"):
+        real = mod.listdir
         counts: dict[str, int] = {}
 
         def counting(p: Any) -> list[str]:
@@ -248,8 +249,8 @@ def _count_listings(path: str) -> Callable[[], int]:
             return real(p)
 
         counting.counts = counts  # type: ignore[attr-defined]
-        mod._listdir = counting
-    counts = mod._listdir.counts  # type: ignore[attr-defined]
+        mod.listdir = counting
+    counts = mod.listdir.counts  # type: ignore[attr-defined]
     counts[target] = 0
     return lambda: counts.get(target, 0)
 

@@ -15,8 +15,9 @@ from spoolatp.errors import (
     TaskNotFound,
     UnknownTaskType,
 )
+from spoolatp.format import Claim, LogRecord, StartedTask, State, TaskInfo, TaskType
 from spoolatp.plugins import hookimpl
-from spoolatp.spool import Claim, LogRecord, Spool, StartedTask, State, TaskInfo, TaskType
+from spoolatp.spool import Spool
 
 __all__ = [
     "Claim",

@@ -44,7 +44,8 @@ import click
 
 from spoolatp import dropin
 from spoolatp.errors import QueueFull, ResponseNotFound, SpoolError, TaskNotFound
-from spoolatp.spool import DEFAULT_PRIORITY, Spool, State, TaskInfo, default_spool_path, key_priority
+from spoolatp.format import DEFAULT_PRIORITY, State, TaskInfo, key_priority
+from spoolatp.spool import Spool, default_spool_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -334,7 +335,7 @@ def init(
     """
     from spoolatp import plugins
     from spoolatp.daemon import trust_warnings
-    from spoolatp.spool import new_key as make_key
+    from spoolatp.format import new_key as make_key
 
     opts: _Options = ctx.obj
     if key_file is not None and new_key is not None:

@@ -50,7 +50,8 @@ from spoolatp.errors import (
     SpoolError,
     UnknownTaskType,
 )
-from spoolatp.spool import KEY_ENV, SPOOL_DIRS, Claim, Spool, State, validate_id
+from spoolatp.format import KEY_ENV, SPOOL_DIRS, Claim, State, validate_id
+from spoolatp.spool import Spool
 
 log = logging.getLogger(__name__)
 

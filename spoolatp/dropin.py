@@ -89,7 +89,8 @@ from pathlib import Path
 from typing import Any
 
 from spoolatp.errors import QueueFull, SpoolError, StorageError, TaskExists, TaskNotFound, UnknownTaskType
-from spoolatp.spool import Spool, State, validate_id, validate_priority
+from spoolatp.format import State, validate_id, validate_priority
+from spoolatp.spool import Spool
 
 log = logging.getLogger(__name__)
 

@@ -108,10 +108,7 @@ number of ENQUEUED tasks never exceeds N, whichever hosts enqueue.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import errno
-import hashlib
 import hmac
 import json
 import logging
@@ -119,7 +116,6 @@ import math
 import os
 import pickle
 import random
-import re
 import secrets
 import shutil
 import stat
@@ -127,8 +123,9 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
+from spoolatp import fsio
 from spoolatp.errors import (
     ClaimLost,
     CorruptTaskFile,
@@ -136,25 +133,43 @@ from spoolatp.errors import (
     QueueFull,
     ResponseNotFound,
     SigningKeyError,
-    SpoolError,
     StorageError,
     TaskExists,
     TaskNotFound,
     TaskTooLarge,
     UnknownTaskType,
 )
+from spoolatp.format import (
+    DEFAULT_PRIORITY,
+    DIR_OF,
+    FORMAT,
+    KEY_ENV,
+    RESPONSE_MAGIC,
+    SPOOL_DIRS,
+    TASK_MAGIC,
+    Claim,
+    LogRecord,
+    StartedTask,
+    State,
+    TaskInfo,
+    TaskType,
+    decode_name,
+    encode_name,
+    key_id,
+    key_priority,
+    key_time,
+    load_key,
+    make_key,
+    parse_key,
+    seal,
+    type_mac,
+    unseal,
+    validate_id,
+    validate_priority,
+)
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-#: the format of task and response files in a signed spool (HMAC in place of the checksum)
-SIGNED_FORMAT = 2
-TASK_MAGIC = b"SPOOLATP-TASK"
-RESPONSE_MAGIC = b"SPOOLATP-RESPONSE"
-MAX_TYPE_BYTES = 64
-MAX_ID_BYTES = 150
-#: the environment variable naming this process's key file
-KEY_ENV = "SPOOLATP_KEY_FILE"
 #: default of the setting ``max_input_bytes``: largest pickled task record (64 MiB)
 MAX_INPUT_BYTES = 64 << 20
 #: default of the setting ``max_response_bytes``: largest response (256 MiB)
@@ -171,394 +186,6 @@ CLOCK_WARN = 5.0
 EventHook = Callable[[str, dict[str, Any]], None]
 
 
-class State(enum.IntEnum):
-    """Task states with EOxServer's codes."""
-
-    ENQUEUED = 1
-    SCHEDULED = 2
-    RUNNING = 3
-    FINISHED = 5
-    FAILED = 6
-
-    @property
-    def terminal(self) -> bool:
-        return self in (State.FINISHED, State.FAILED)
-
-    @classmethod
-    def parse(cls, value: str | int | State) -> State:
-        """Turn a name (``"ACCEPTED"`` is an alias of ENQUEUED) or a code into a state."""
-        if isinstance(value, State):
-            return value
-        if isinstance(value, int):
-            try:
-                return cls(value)
-            except ValueError:
-                raise ValueError(f"no task state has code {value}; codes are 1, 2, 3, 5, 6") from None
-        name = str(value).strip().upper()
-        if name == "ACCEPTED":
-            return cls.ENQUEUED
-        try:
-            return cls[name]
-        except KeyError:
-            names = ", ".join(s.name for s in cls)
-            raise ValueError(f"unknown task state {value!r}; use one of {names}") from None
-
-    def pair(self) -> tuple[int, str]:
-        return (int(self), self.name)
-
-
-# --------------------------------------------------------------------------- identifiers
-
-
-def validate_id(value: object, what: str = "identifier") -> str:
-    """Check a type or task identifier; raise ``ValueError`` naming the culprit.
-
-    :raises ValueError: empty, not a string, too long, or containing ``/``,
-        ``\\``, NUL, control characters or ``..``.
-    """
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, not {type(value).__name__} ({value!r})")
-    if not value:
-        raise ValueError(f"{what} must not be empty")
-    if value == ".":
-        raise ValueError(f"{what} '.' names the current directory; use another {what}")
-    for bad in ("/", "\\", "\x00", ".."):
-        if bad in value:
-            raise ValueError(f"{what} {value!r} contains {bad!r}, which could escape the spool; use another {what}")
-    if not value.isprintable():
-        raise ValueError(f"{what} {value!r} contains control characters; use printable characters only")
-    if value.strip() != value:
-        raise ValueError(f"{what} {value!r} starts or ends with white space; strip it")
-    limit = MAX_TYPE_BYTES if what == "task type" else MAX_ID_BYTES
-    if len(_encode(value).encode()) > limit:
-        raise ValueError(f"{what} {value[:40]!r}... is too long ({len(value)} characters); the limit is {limit} bytes")
-    return value
-
-
-def _encode(value: str) -> str:
-    out = value.replace("%", "%25").replace("~", "%7E")
-    return "%2E" + out[1:] if out.startswith(".") else out
-
-
-def _decode(value: str) -> str:
-    return value.replace("%7E", "~").replace("%2E", ".").replace("%25", "%")
-
-
-DEFAULT_PRIORITY = 5
-
-
-def validate_priority(value: object) -> int:
-    """:raises ValueError: not a whole number from 0 (least urgent) to 9 (most urgent)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 9:
-        raise ValueError(f"priority must be a whole number from 0 (least urgent) to 9 (most urgent), not {value!r}")
-    return value
-
-
-def make_key(type_id: str, task_id: str, stamp: int, priority: int = DEFAULT_PRIORITY) -> str:
-    return f"{9 - priority}{stamp:016x}~{_encode(type_id)}~{_encode(task_id)}"
-
-
-def key_time(key: str) -> float:
-    """The enqueue time (spool clock, seconds) a key carries."""
-    return int(key[1:17], 16) / 1e9
-
-
-def key_priority(key: str) -> int:
-    return 9 - int(key[0])
-
-
-_KEY_HEAD = re.compile(r"[0-9][0-9a-f]{16}")
-
-
-def parse_key(key: str) -> tuple[str, str]:
-    """Return ``(type_id, task_id)`` of a key; ``ValueError`` if it is not one.
-
-    A string that passes is one safe path component (no ``/``, NUL, ``..``).
-    """
-    parts = key.split("~")
-    if len(parts) != 3 or not _KEY_HEAD.fullmatch(parts[0]) or not all(parts):
-        raise ValueError(f"{key[:200]!r} is not a task key")
-    # a name planted by hand may decode to an identifier no enqueue accepts
-    return validate_id(_decode(parts[1]), "task type"), validate_id(_decode(parts[2]), "task id")
-
-
-# --------------------------------------------------------------------------- records
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskType:
-    """A registered task type."""
-
-    name: str
-    handler: str
-    timeout: float = 3600.0
-    timeret: float = -1.0
-    maxrestart: int = 2
-    #: free-form settings for the handler (JSON), fixed at registration, e.g. a command line
-    options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    #: priority of its tasks unless the enqueue says otherwise (0..9, higher first)
-    priority: int = DEFAULT_PRIORITY
-    #: how often a task whose handler failed (raised) is tried again
-    retries: int = 0
-    #: seconds before the first retry; doubled for each further one, with jitter
-    backoff: float = 1.0
-    #: longest wait before a retry, seconds
-    backoff_max: float = 300.0
-
-    def retry_delay(self, n: int) -> float:
-        """Seconds before retry ``n`` (1, 2, ...): exponential, capped, with equal jitter."""
-        full = float(min(self.backoff_max, self.backoff * 2 ** (n - 1)))
-        return full / 2 + random.uniform(0, full / 2)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class LogRecord:
-    """One entry of a task's history."""
-
-    time: float
-    state: State | None
-    message: str
-    server: str | None = None
-    attempt: int | None = None
-    progress: float | None = None
-    restart: int | None = None
-    #: the failed-handler retry this entry schedules (1, 2, ...); 0 on a re-run
-    retry: int | None = None
-
-    @property
-    def when(self) -> datetime:
-        return datetime.fromtimestamp(self.time, timezone.utc)
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskInfo:
-    """What a reader can learn about a task without unpickling its input."""
-
-    type_id: str
-    task_id: str
-    key: str
-    state: State
-    server: str | None
-    attempts: int
-    restarts: int
-    enqueued: float
-    updated: float
-    progress: float | None
-    progress_message: str | None
-    priority: int = DEFAULT_PRIORITY
-    #: when a delayed task becomes due (spool clock), None if it is not delayed
-    not_before: float | None = None
-    #: who asked to cancel the task while it runs, None if nobody did
-    cancel_requested: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """A consumer's handle on one attempt of one task (the guide's ``taskId``).
-
-    Picklable, so a daemon can give it to a worker process.
-    """
-
-    spool: str
-    server: str
-    key: str
-    attempt: int
-
-    @property
-    def type_id(self) -> str:
-        return parse_key(self.key)[0]
-
-    @property
-    def task_id(self) -> str:
-        return parse_key(self.key)[1]
-
-    def __str__(self) -> str:
-        return f"{self.type_id}/{self.task_id} (attempt {self.attempt} on {self.server})"
-
-
-@dataclasses.dataclass(frozen=True)
-class StartedTask:
-    """What :meth:`Spool.start` hands a consumer: the guide's 4-tuple, named."""
-
-    type_id: str
-    task_id: str
-    handler: str
-    input: Any
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.type_id, self.task_id, self.handler, self.input))
-
-
-def seal(magic: bytes, payload: bytes, meta: str = "", *, key: bytes | None = None, bind: str = "") -> bytes:
-    """Prefix ``payload`` with a header line carrying format, length and checksum.
-
-    With ``key``, the header carries an HMAC instead (format 2) that also
-    covers ``meta`` and ``bind`` (the task's KEY, not written): the file then
-    verifies only as this kind of file of this very task.
-    """
-    if key is None:
-        head = b"%s %d %d %s" % (magic, FORMAT, len(payload), hashlib.sha256(payload).hexdigest().encode())
-    else:
-        mac = _mac(key, magic, payload, meta.encode(), bind)
-        head = b"%s %d %d hmac-sha256:%s:%s" % (magic, SIGNED_FORMAT, len(payload), key_id(key).encode(), mac)
-    if meta:
-        head += b" " + meta.encode()
-    return head + b"\n" + payload
-
-
-def unseal(magic: bytes, data: bytes, path: object, *, key: bytes | None = None, bind: str = "") -> tuple[bytes, str]:
-    """Check a sealed file and return ``(payload, meta)``; never unpickles anything.
-
-    Without ``key`` the file must be format 1 with a matching checksum; with
-    ``key`` it must be format 2, signed by that key for task ``bind``.
-
-    :raises CorruptTaskFile: wrong magic, unknown format, truncated, bad
-        checksum, missing or wrong signature.
-    """
-    head, sep, payload = data.partition(b"\n")
-    if not sep:
-        raise CorruptTaskFile(path, "no header line (truncated or not a spoolatp file)")
-    parts = head.split(b" ", 4)
-    if len(parts) < 4 or parts[0] != magic:
-        raise CorruptTaskFile(path, f"header does not start with {magic.decode()!r}")
-    if parts[1] not in (b"%d" % FORMAT, b"%d" % SIGNED_FORMAT):
-        raise CorruptTaskFile(path, f"unknown format version {parts[1][:10]!r}")
-    try:
-        length = int(parts[2])
-    except ValueError:
-        raise CorruptTaskFile(path, "length in header is not a number") from None
-    if len(payload) != length:
-        raise CorruptTaskFile(path, f"truncated: header says {length} bytes, file has {len(payload)}")
-    meta = parts[4] if len(parts) > 4 else b""
-    if parts[1] == b"%d" % FORMAT:
-        if key is not None:
-            raise CorruptTaskFile(
-                path, "not signed, but the spool requires a signature (written without the spool's key, or forged)"
-            )
-        if hashlib.sha256(payload).hexdigest().encode() != parts[3]:
-            raise CorruptTaskFile(path, "checksum mismatch (file altered or damaged)")
-    else:
-        if key is None:
-            raise CorruptTaskFile(path, f"signed, but this process has no key to check it (set {KEY_ENV})")
-        scheme, _, rest = parts[3].partition(b":")
-        signer, _, mac = rest.partition(b":")
-        if scheme != b"hmac-sha256" or not mac:
-            raise CorruptTaskFile(path, "signature is not of the form hmac-sha256:<key id>:<mac>")
-        if signer != key_id(key).encode():
-            shown = signer[:16].decode("ascii", "replace")
-            raise CorruptTaskFile(path, f"signed with another key (id {shown!r}; the spool's is {key_id(key)})")
-        # compared in constant time, and before anything reads the payload as more than bytes
-        if not hmac.compare_digest(_mac(key, magic, payload, meta, bind), mac):
-            raise CorruptTaskFile(path, "signature mismatch (forged, altered, or copied from another task)")
-    return payload, meta.decode("utf-8", "replace")
-
-
-def _mac(key: bytes, magic: bytes, payload: bytes, meta: bytes, bind: str) -> bytes:
-    mac = hmac.new(
-        key, b"%s\0%d\0%s\0%s\0" % (magic, len(payload), bind.encode("utf-8", "surrogateescape"), meta), "sha256"
-    )
-    mac.update(payload)
-    return mac.hexdigest().encode()
-
-
-def _type_mac(key: bytes, name: str, data: dict[str, Any]) -> str:
-    """The ``hmac`` member of a signed task type file: over its name and its other members."""
-    body = json.dumps({k: v for k, v in data.items() if k != "hmac"}, sort_keys=True, separators=(",", ":"))
-    mac = hmac.new(key, b"SPOOLATP-TYPE\0%s\0%s" % (name.encode(), body.encode()), "sha256")
-    return f"hmac-sha256:{key_id(key)}:{mac.hexdigest()}"
-
-
-# --------------------------------------------------------------------------- keys
-
-
-def key_id(key: bytes) -> str:
-    """A key's public name, recorded in ``spool.json``: the first 8 hex digits of its SHA-256."""
-    return hashlib.sha256(key).hexdigest()[:8]
-
-
-_KEYS: dict[str, bytes] = {}  # key files read by this process, by real path: each is read once
-
-
-def load_key(key_file: str | os.PathLike[str], spool: str | os.PathLike[str] | None = None) -> bytes:
-    """Read a spool key from ``key_file`` (once per process); trailing newlines are not part of it.
-
-    :raises SigningKeyError: the file is missing, unreadable, not a regular
-        file, accessible to others than its owner and group, shorter than 16
-        bytes, or inside the spool ``spool``.
-    """
-    shown = os.fspath(key_file)
-    real = os.path.realpath(key_file)  # a link is fine (secrets mounts use them): what counts is the file
-    if spool is not None:
-        root = os.path.realpath(spool)
-        if real == root or real.startswith(root.rstrip("/") + "/"):
-            raise SigningKeyError(
-                f"key file {shown} lies inside the spool at {spool}, where whoever can write the spool can "
-                "read it; keep it outside (e.g. /etc/spoolatp/spool.key), see docs/security.md"
-            )
-    cached = _KEYS.get(real)
-    if cached is not None:
-        return cached
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO planted there cannot hang us
-    except OSError as exc:
-        raise SigningKeyError(f"cannot read key file {shown}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SigningKeyError(f"key file {shown} is not a regular file")
-        if st.st_mode & 0o007:
-            raise SigningKeyError(
-                f"key file {shown} is accessible to others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                f"run `chmod o-rwx {shown}` (600, or 640 for a group of the spool's users)"
-            )
-        data = b""
-        while len(data) <= 4096:
-            chunk = os.read(fd, 4097 - len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    key = data.rstrip(b"\r\n")
-    if len(data) > 4096 or len(key) < 16:
-        raise SigningKeyError(
-            f"key file {shown} holds {len(key)} bytes; a key is 16 to 4096 bytes "
-            "(make one with `spoolatp init --new-key PATH`)"
-        )
-    _KEYS[real] = key
-    return key
-
-
-def new_key(key_file: str | os.PathLike[str]) -> bytes:
-    """Write a new random key (32 bytes, as 64 hex digits and a newline) to ``key_file``, mode 0600.
-
-    :raises SigningKeyError: the file exists (a key is never replaced) or cannot be written.
-    """
-    text = secrets.token_hex(32).encode()
-    try:
-        # O_EXCL: never overwrite a key some spool may still be signed with
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:
-        raise SigningKeyError(
-            f"{os.fspath(key_file)} exists; a key file is never replaced (use it with --key-file, or pick a new path)"
-        ) from None
-    except OSError as exc:
-        raise SigningKeyError(f"cannot create key file {os.fspath(key_file)}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, 0o600)
-        _write_all(fd, text + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return text
-
-
-# --------------------------------------------------------------------------- the spool
-
-
 def default_spool_path() -> Path:
     """``$SPOOLATP_SPOOL``, else ``$XDG_DATA_HOME/spoolatp/spool`` (``~/.local/share/...``)."""
     env = os.environ.get("SPOOLATP_SPOOL")
@@ -566,17 +193,6 @@ def default_spool_path() -> Path:
         return Path(env)
     data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(data) / "spoolatp" / "spool"
-
-
-STATE_DIRS = ("enqueued", "delayed", "scheduled", "running", "finished", "failed")
-SPOOL_DIRS = ("types", "ids", "slots", "tmp", "quarantine", "daemons", "files", *STATE_DIRS)
-_DIR_OF = {
-    State.ENQUEUED: "enqueued",
-    State.SCHEDULED: "scheduled",
-    State.RUNNING: "running",
-    State.FINISHED: "finished",
-    State.FAILED: "failed",
-}
 
 
 class Spool:
@@ -671,7 +287,9 @@ class Spool:
             self.path.mkdir(parents=True, exist_ok=True)
             for name in SPOOL_DIRS:
                 (self.path / name).mkdir(exist_ok=True)
-                if not _real_dir(self.path / name):  # a link planted here would lead every operation out of the spool
+                if not fsio.real_dir(
+                    self.path / name
+                ):  # a link planted here would lead every operation out of the spool
                     raise StorageError(
                         errno.ENOTDIR,
                         f"{self.path / name} is not a directory but a symbolic link or a file; a spool's "
@@ -689,11 +307,11 @@ class Spool:
         tmp = self.path / "tmp" / f"set~{secrets.token_hex(8)}~{dest.name}"
         self._write_new(tmp, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
         try:
-            _move(tmp, dest, proof="src")  # readers see the old or the new file, never a mix
+            fsio.move(tmp, dest, proof="src")  # readers see the old or the new file, never a mix
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            _reraise(exc, f"cannot write {dest.name} in the spool at {self}")
+            fsio.reraise(exc, f"cannot write {dest.name} in the spool at {self}")
 
     def _write_new(self, path: Path, data: bytes) -> None:
         """Create ``path`` (it must not exist) holding ``data``; on failure nothing is left behind.
@@ -703,17 +321,17 @@ class Spool:
         try:
             # opened relative to its directory, itself opened O_NOFOLLOW: a link planted in place of a
             # task directory is never written through
-            fd = _open_in(path.parent, path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            fd = fsio.open_in(path.parent, path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except OSError as exc:
-            _reraise(exc, f"cannot create {path}")
+            fsio.reraise(exc, f"cannot create {path}")
         try:
-            _write_all(fd, data)
+            fsio.write_all(fd, data)
             if self.durable:
                 os.fsync(fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(path)  # O_EXCL made it ours: a half-written file is removed, never published
-            _reraise(exc, f"cannot write {path}")
+            fsio.reraise(exc, f"cannot write {path}")
         finally:
             os.close(fd)
 
@@ -821,7 +439,7 @@ class Spool:
         current = dict(self.settings())
         if current.get("signed") and current.get("key_id") == self.key_id:
             return []
-        held = max(len(_listdir(self.path / "ids")), sum(self.counts().values()))
+        held = max(len(fsio.listdir(self.path / "ids")), sum(self.counts().values()))
         if held:
             was = f"signed with key id {current.get('key_id')}" if current.get("signed") else "not signed"
             raise SigningKeyError(
@@ -831,19 +449,19 @@ class Spool:
             )
         names = []
         for entry in sorted(
-            _listdir(self.path / "types")
+            fsio.listdir(self.path / "types")
         ):  # types first: a reader with the key never sees them unsigned
             if not entry.endswith(".json"):
                 continue
             try:
-                with open(self.path / "types" / entry, "rb", opener=_nofollow) as f:
+                with open(self.path / "types" / entry, "rb", opener=fsio.nofollow) as f:
                     data = json.load(f)
                 if not isinstance(data, dict):
                     continue
             except (OSError, ValueError):
                 continue
-            name = _decode(entry[:-5])
-            data["hmac"] = _type_mac(self._key, name, data)
+            name = decode_name(entry[:-5])
+            data["hmac"] = type_mac(self._key, name, data)
             self._write_json(self.path / "types" / entry, data)
             names.append(name)
         current.update(signed=True, key_id=self.key_id)
@@ -906,8 +524,8 @@ class Spool:
         )
         data = ttype.to_json()
         if signer is not None:
-            data["hmac"] = _type_mac(signer, name, data)
-        self._write_json(self.path / "types" / f"{_encode(name)}.json", data)
+            data["hmac"] = type_mac(signer, name, data)
+        self._write_json(self.path / "types" / f"{encode_name(name)}.json", data)
         self._types.pop(name, None)
         return ttype
 
@@ -920,13 +538,13 @@ class Spool:
         validate_id(name, "task type")
         # only a process with a key acts on a type (enqueues, runs); one without may look at it unchecked
         signer = self._signing_key() if self._key is not None else None
-        file = self.path / "types" / f"{_encode(name)}.json"
+        file = self.path / "types" / f"{encode_name(name)}.json"
         try:
-            with open(file, "rb", opener=_nofollow) as f:
+            with open(file, "rb", opener=fsio.nofollow) as f:
                 data = json.load(f)
             if signer is not None and not (
                 isinstance(data, dict)
-                and hmac.compare_digest(str(data.get("hmac")).encode(), _type_mac(signer, name, data).encode())
+                and hmac.compare_digest(str(data.get("hmac")).encode(), type_mac(signer, name, data).encode())
             ):
                 # its handler and options decide what runs: a forged type is as dangerous as a forged task
                 why = "signature mismatch" if isinstance(data, dict) and "hmac" in data else "unsigned"
@@ -954,7 +572,7 @@ class Spool:
         for entry in sorted(os.listdir(self.path / "types")):
             if entry.endswith(".json") and not entry.startswith("."):
                 with contextlib.suppress(UnknownTaskType, ValueError):
-                    out.append(self.get_type(_decode(entry[:-5])))
+                    out.append(self.get_type(decode_name(entry[:-5])))
         return out
 
     # ------------------------------------------------------------------ producer
@@ -1006,7 +624,7 @@ class Spool:
         if len(payload) > max_input:  # refused before anything is written
             what = f"the input of task {type_id!r}/{task_id!r} (pickled)"
             raise TaskTooLarge(what, len(payload), max_input, "max_input_bytes", self)
-        name = self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}"
+        name = self.path / "ids" / f"{encode_name(type_id)}~{encode_name(task_id)}"
         tmp = self.path / "tmp" / f"enq~{secrets.token_hex(4)}~{key}"
         reserved = False
         slot = None
@@ -1026,11 +644,11 @@ class Spool:
             dest = (
                 self.path / "enqueued" / key if due is None else self.path / "delayed" / f"{int(due * 1e9):016x}~{key}"
             )
-            if not _move(tmp, dest, proof="src"):  # publish: whole or not at all
+            if not fsio.move(tmp, dest, proof="src"):  # publish: whole or not at all
                 raise FileNotFoundError(f"{tmp} vanished before it was published (swept as a crash leftover?)")
             if self.durable:  # the rename itself survives a power loss only once its directory is on disk
-                _fsync_dir(dest.parent)
-                _fsync_dir(name.parent)
+                fsio.fsync_dir(dest.parent)
+                fsio.fsync_dir(name.parent)
         except BaseException as exc:
             # undo; on a read-only file system the undo may fail too: what it leaves in tmp/ (with the id it
             # reserved) is never visible as a task, and a sweep of tmp/ frees it
@@ -1042,7 +660,7 @@ class Spool:
                 if reserved:
                     self._unlink_if_points(name, key)
             if isinstance(exc, OSError):
-                _reraise(
+                fsio.reraise(
                     exc, f"cannot enqueue task {type_id!r}/{task_id!r} in the spool at {self}; nothing was enqueued"
                 )
             raise
@@ -1093,7 +711,7 @@ class Spool:
     def _key_of(self, type_id: str, task_id: str) -> str:
         validate_id(type_id, "task type")
         validate_id(task_id, "task id")
-        link = self.path / "ids" / f"{_encode(type_id)}~{_encode(task_id)}"
+        link = self.path / "ids" / f"{encode_name(type_id)}~{encode_name(task_id)}"
         key = self._readlink(link)
         if key is None:
             raise TaskNotFound(type_id, task_id, self)
@@ -1112,20 +730,20 @@ class Spool:
                 time.sleep(delay)
             # lstat, never stat: a link in place of a task directory is never followed (see "Links")
             for state in (State.ENQUEUED, State.FINISHED, State.FAILED):
-                path = self.path / _DIR_OF[state] / key
-                if _real_dir(path):
+                path = self.path / DIR_OF[state] / key
+                if fsio.real_dir(path):
                     return path, state, None
             for state in (State.RUNNING, State.SCHEDULED):
-                base = self.path / _DIR_OF[state]
+                base = self.path / DIR_OF[state]
                 for server in os.listdir(base):
                     path = base / server / key
-                    if _real_dir(base / server) and _real_dir(path):
+                    if fsio.real_dir(base / server) and fsio.real_dir(path):
                         return path, state, server
-            for entry in _listdir(self.path / "delayed"):  # few, usually: only delayed tasks are listed here
+            for entry in fsio.listdir(self.path / "delayed"):  # few, usually: only delayed tasks are listed here
                 if (
                     entry.endswith("~" + key)
                     and entry.partition("~")[2] == key
-                    and _real_dir(self.path / "delayed" / entry)
+                    and fsio.real_dir(self.path / "delayed" / entry)
                 ):
                     return self.path / "delayed" / entry, State.ENQUEUED, None
         raise FileNotFoundError(key)
@@ -1203,7 +821,7 @@ class Spool:
         for _ in range(10):
             path, _, _, key = self._find(type_id, task_id)
             try:
-                with open(path / "response", "rb", opener=_nofollow) as f:
+                with open(path / "response", "rb", opener=fsio.nofollow) as f:
                     data = f.read()
                 break
             except FileNotFoundError:
@@ -1231,7 +849,7 @@ class Spool:
             grave = self.path / "tmp" / f"del~{secrets.token_hex(4)}~{key}"
             try:
                 # the task vanishes from every state at once, and fences its holder
-                if not _move(path, grave, proof="dst"):
+                if not fsio.move(path, grave, proof="dst"):
                     continue  # it moved to its next state meanwhile: find it again
             except NotADirectoryError:
                 continue
@@ -1247,15 +865,15 @@ class Spool:
             if record.get("slot") is not None:
                 self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
         self._release_id(key)
-        _remove(grave)
+        fsio.remove(grave)
 
     def _release_id(self, key: str, files_to: Path | None = None) -> None:
         """Free the (type, id) of task ``key``; its files are removed, or moved to ``files_to``."""
         type_id, task_id = parse_key(key)
-        name = f"{_encode(type_id)}~{_encode(task_id)}"
+        name = f"{encode_name(type_id)}~{encode_name(task_id)}"
         if self._readlink(self.path / "ids" / name) == key:  # files/ first: the id may be reused once ids/ is gone
             if files_to is None:
-                _remove(self.path / "files" / name)
+                fsio.remove(self.path / "files" / name)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.rename(self.path / "files" / name, files_to)
@@ -1266,7 +884,7 @@ class Spool:
         return (
             self.path
             / "files"
-            / f"{_encode(validate_id(type_id, 'task type'))}~{_encode(validate_id(task_id, 'task id'))}"
+            / f"{encode_name(validate_id(type_id, 'task type'))}~{encode_name(validate_id(task_id, 'task id'))}"
         )
 
     # ------------------------------------------------------------------ daemons
@@ -1275,15 +893,15 @@ class Spool:
         """Write daemon ``server``'s heartbeat (its info plus the time) to ``daemons/``."""
         validate_id(server, "server id")
         self._write_json(
-            self.path / "daemons" / f"{_encode(server)}.json", {**info, "server": server, "beat": self.clock()}
+            self.path / "daemons" / f"{encode_name(server)}.json", {**info, "server": server, "beat": self.clock()}
         )
 
     def daemons(self) -> list[dict[str, Any]]:
         """Heartbeats of the daemons that work or worked on this spool, newest first."""
         out = []
-        for entry in _listdir(self.path / "daemons"):
+        for entry in fsio.listdir(self.path / "daemons"):
             try:
-                with open(self.path / "daemons" / entry, "rb", opener=_nofollow) as f:
+                with open(self.path / "daemons" / entry, "rb", opener=fsio.nofollow) as f:
                     data = json.load(f)
                     seen = os.fstat(f.fileno()).st_mtime  # stamped by the file server: immune to the writer's skew
             except (OSError, ValueError):
@@ -1295,22 +913,24 @@ class Spool:
     def forget_daemon(self, server: str) -> None:
         validate_id(server, "server id")
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path / "daemons" / f"{_encode(server)}.json")
+            os.unlink(self.path / "daemons" / f"{encode_name(server)}.json")
 
     def tasks(self, state: State | None = None, type_id: str | None = None) -> Iterator[TaskInfo]:
         """Every task (optionally of one state and type), oldest first within a state."""
         states = [state] if state is not None else list(State)
         for st in states:
-            base = self.path / _DIR_OF[st]
+            base = self.path / DIR_OF[st]
             entries: list[tuple[Path, str | None, str]]
             if st in (State.SCHEDULED, State.RUNNING):
-                servers = [s for s in _listdir(base) if _real_dir(base / s)]  # a planted link is not listed through
-                entries = [(base / s / k, s, k) for s in servers for k in _listdir(base / s)]
+                servers = [
+                    s for s in fsio.listdir(base) if fsio.real_dir(base / s)
+                ]  # a planted link is not listed through
+                entries = [(base / s / k, s, k) for s in servers for k in fsio.listdir(base / s)]
             else:
-                entries = [(base / k, None, k) for k in _listdir(base)]
+                entries = [(base / k, None, k) for k in fsio.listdir(base)]
             if st is State.ENQUEUED:
                 delayed = self.path / "delayed"
-                entries += [(delayed / e, None, e.partition("~")[2]) for e in _listdir(delayed)]
+                entries += [(delayed / e, None, e.partition("~")[2]) for e in fsio.listdir(delayed)]
             for path, server, key in sorted(entries, key=lambda e: e[2]):
                 try:
                     t, _ = parse_key(key)
@@ -1318,7 +938,7 @@ class Spool:
                     continue
                 if type_id is not None and t != type_id:
                     continue
-                if not _real_dir(path):  # a link or file in place of a task directory: never read through
+                if not fsio.real_dir(path):  # a link or file in place of a task directory: never read through
                     continue
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):
                     yield self._info(path, st, server, key)
@@ -1326,12 +946,12 @@ class Spool:
     def counts(self) -> dict[str, int]:
         out = {s.name: 0 for s in State}
         for st in State:
-            base = self.path / _DIR_OF[st]
+            base = self.path / DIR_OF[st]
             if st in (State.SCHEDULED, State.RUNNING):
-                out[st.name] = sum(len(_listdir(base / s)) for s in _listdir(base) if _real_dir(base / s))
+                out[st.name] = sum(len(fsio.listdir(base / s)) for s in fsio.listdir(base) if fsio.real_dir(base / s))
             else:
-                out[st.name] = len(_listdir(base))
-        out["ENQUEUED"] += len(_listdir(self.path / "delayed"))
+                out[st.name] = len(fsio.listdir(base))
+        out["ENQUEUED"] += len(fsio.listdir(self.path / "delayed"))
         return out
 
     # ------------------------------------------------------------------ consumer
@@ -1358,7 +978,7 @@ class Spool:
         sdir = self.path / "scheduled" / server
         if server not in self._server_dirs:
             sdir.mkdir(mode=0o770, exist_ok=True)
-            _check_real_dir(sdir)
+            fsio.check_real_dir(sdir)
             self._server_dirs.add(server)
         claims: list[Claim] = []
         refreshed = False
@@ -1379,7 +999,7 @@ class Spool:
                 continue
             try:
                 # the claim: of racing consumers exactly one rename wins; the loser's source is gone
-                if not _move(self.path / "enqueued" / key, sdir / key, proof="dst"):
+                if not fsio.move(self.path / "enqueued" / key, sdir / key, proof="dst"):
                     continue
             except (FileExistsError, OSError) as exc:  # ENOTEMPTY: a leftover of a crashed run of this server id
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
@@ -1392,7 +1012,7 @@ class Spool:
                 # than hold a task nobody knows it holds; if even that fails, the zombie sweep finds it
                 log.warning("claim of %s by %s not recorded (%s); giving it back", key, server, exc)
                 with contextlib.suppress(OSError):
-                    _move(sdir / key, self.path / "enqueued" / key, proof="dst")
+                    fsio.move(sdir / key, self.path / "enqueued" / key, proof="dst")
                 continue
             if claim is not None:
                 claims.append(claim)
@@ -1407,20 +1027,22 @@ class Spool:
             return True
         if age < max(0.05, 10 * self._list_cost):  # listing costs at most a tenth of the time
             return False
-        return _mtime_ns(self.path / "enqueued") != self._listed_mtime  # something arrived (or left)
+        return fsio.mtime_ns(self.path / "enqueued") != self._listed_mtime  # something arrived (or left)
 
     def _relist(self) -> None:
         self.promote_due()
         started = time.monotonic()
-        self._listed_mtime = _mtime_ns(self.path / "enqueued")  # before listing: a change during it is seen next time
-        self._candidates = sorted(_listdir(self.path / "enqueued"), reverse=True)
+        self._listed_mtime = fsio.mtime_ns(
+            self.path / "enqueued"
+        )  # before listing: a change during it is seen next time
+        self._candidates = sorted(fsio.listdir(self.path / "enqueued"), reverse=True)
         self._listed = time.monotonic()
         self._list_cost = self._listed - started
 
     def promote_due(self) -> float | None:
         """Move delayed tasks that are due into ``enqueued/``; return when the next one is due."""
         now = self.clock()
-        for entry in sorted(_listdir(self.path / "delayed")):
+        for entry in sorted(fsio.listdir(self.path / "delayed")):
             due, _, key = entry.partition("~")
             try:
                 when = int(due, 16) / 1e9
@@ -1431,7 +1053,7 @@ class Spool:
             if when > now:
                 return when
             # several promoters may race: one rename wins, and either way the task is where it belongs
-            _move(self.path / "delayed" / entry, self.path / "enqueued" / key, proof="dst")
+            fsio.move(self.path / "delayed" / entry, self.path / "enqueued" / key, proof="dst")
             self._listed = 0.0
         return None
 
@@ -1467,8 +1089,8 @@ class Spool:
     def _claim_path(self, claim: Claim) -> tuple[Path, State]:
         _check_claim(claim)
         for state in (State.RUNNING, State.SCHEDULED):
-            path = self.path / _DIR_OF[state] / claim.server / claim.key
-            if _real_dir(path.parent) and _real_dir(path):
+            path = self.path / DIR_OF[state] / claim.server / claim.key
+            if fsio.real_dir(path.parent) and fsio.real_dir(path):
                 # the same server may hold a later attempt of this task: the path alone is no proof
                 if sum(1 for r in self._journal(path) if r.state is State.SCHEDULED) != claim.attempt:
                     break
@@ -1482,8 +1104,8 @@ class Spool:
         """The task's terminal directory if this very attempt ended it, else None."""
         _check_claim(claim)
         for state in (State.FINISHED, State.FAILED):
-            path = self.path / _DIR_OF[state] / claim.key
-            if _real_dir(path):
+            path = self.path / DIR_OF[state] / claim.key
+            if fsio.real_dir(path):
                 ends = [r for r in self._journal(path) if r.state is not None and r.state.terminal]
                 if ends and ends[-1].server == claim.server and ends[-1].attempt == claim.attempt:
                     return path, state
@@ -1500,9 +1122,9 @@ class Spool:
             rdir = self.path / "running" / claim.server
             if claim.server not in self._server_dirs or not rdir.is_dir():
                 rdir.mkdir(mode=0o770, exist_ok=True)
-                _check_real_dir(rdir)
+                fsio.check_real_dir(rdir)
             dest = rdir / claim.key
-            if not _move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
+            if not fsio.move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
                 raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started")
             path = dest
         try:
@@ -1546,7 +1168,7 @@ class Spool:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            _reraise(exc, f"cannot store the response of task {claim} in the spool at {self}")
+            fsio.reraise(exc, f"cannot store the response of task {claim} in the spool at {self}")
 
     def finish(self, claim: Claim, message: str = "") -> None:
         """End this attempt as FINISHED. :raises ClaimLost:"""
@@ -1573,15 +1195,15 @@ class Spool:
             raise ClaimLost(f"task {claim} already ended; a second terminal state is refused")
         path, _ = self._claim_path(claim)
         self._append(path, state, message, claim)
-        dest = self.path / _DIR_OF[state] / claim.key
-        if not _move(path, dest, proof="dst"):  # publish the end: fails if a reaper fenced the claim first
+        dest = self.path / DIR_OF[state] / claim.key
+        if not fsio.move(path, dest, proof="dst"):  # publish the end: fails if a reaper fenced the claim first
             # a reaper that saw our terminal entry completes the move for us
             if self._own_terminal(claim) is None:
                 raise ClaimLost(
                     f"task {claim} was taken from server {claim.server!r}; its result is discarded"
                 ) from None
         if self.durable:  # a finished task must not come back as running after a power loss
-            _fsync_dir(dest.parent)
+            fsio.fsync_dir(dest.parent)
         self._emit(state.name.lower(), type_id=claim.type_id, task_id=claim.task_id, key=claim.key, message=message)
 
     def retry_later(self, claim: Claim, reason: str, delay: float | None = None) -> State:
@@ -1608,7 +1230,7 @@ class Spool:
         note = f"retry {n} of {ttype.retries} in {delay:.1f} s (at {when}): {reason}"
         self._append(path, State.ENQUEUED, note, claim, retry=n)
         dest = self.path / "delayed" / f"{int(due * 1e9):016x}~{claim.key}"
-        if not _move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
+        if not fsio.move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
             raise ClaimLost(f"task {claim} was taken from server {claim.server!r}; its retry is discarded")
         self._emit("reenqueued", type_id=claim.type_id, task_id=claim.task_id, key=claim.key, message=note)
         return State.ENQUEUED
@@ -1632,7 +1254,7 @@ class Spool:
                 )
             if state is State.ENQUEUED:
                 grave = self.path / "tmp" / f"cancel~{secrets.token_hex(4)}~{key}"
-                if not _move(path, grave, proof="dst"):  # taking it fences every consumer: one winner
+                if not fsio.move(path, grave, proof="dst"):  # taking it fences every consumer: one winner
                     continue  # claimed meanwhile: ask its holder instead
                 with contextlib.suppress(Exception):
                     slot = self._read_record(grave, key, quarantine=False).get("slot")
@@ -1640,7 +1262,7 @@ class Spool:
                         self._unlink_if_points(self.path / "slots" / str(slot), key)
                 attempt = sum(1 for r in self._journal(grave) if r.state is State.SCHEDULED)
                 self._append(grave, State.FAILED, f"cancelled by {who}", None, attempt=attempt)
-                _move(grave, self.path / "failed" / key, proof="src")
+                fsio.move(grave, self.path / "failed" / key, proof="src")
                 self._emit("failed", type_id=type_id, task_id=task_id, key=key, message=f"cancelled by {who}")
                 return State.FAILED
             data = json.dumps({"by": who, "t": self.clock()}).encode()
@@ -1658,7 +1280,7 @@ class Spool:
         """Who asked to cancel this held task, or None; cheap enough to poll."""
         _check_claim(claim)
         for state in (State.RUNNING, State.SCHEDULED):
-            who = self._cancel_marker(self.path / _DIR_OF[state] / claim.server / claim.key)
+            who = self._cancel_marker(self.path / DIR_OF[state] / claim.server / claim.key)
             if who is not None:
                 return who
         return None
@@ -1666,7 +1288,7 @@ class Spool:
     @staticmethod
     def _cancel_marker(path: Path) -> str | None:
         try:
-            with open(path / "cancel", "rb", opener=_nofollow) as f:
+            with open(path / "cancel", "rb", opener=fsio.nofollow) as f:
                 data = f.read(4096)
         except OSError:
             return None
@@ -1684,14 +1306,14 @@ class Spool:
         if state is not State.FAILED:
             raise ValueError(f"task {type_id!r}/{task_id!r} is {state.name}; only FAILED tasks can be re-run")
         grave = self.path / "tmp" / f"rerun~{secrets.token_hex(4)}~{key}"
-        if not _move(path, grave, proof="dst"):  # one winner if two operators re-run it at once
+        if not fsio.move(path, grave, proof="dst"):  # one winner if two operators re-run it at once
             raise TaskNotFound(type_id, task_id, self)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(grave / "cancel")
         attempt = sum(1 for r in self._journal(grave) if r.state is State.SCHEDULED)
         note = message or f"re-run requested by {by or 'someone'}"
         self._append(grave, State.ENQUEUED, note, None, attempt=attempt, restart=0, retry=0)
-        _move(grave, self.path / "enqueued" / key, proof="src")  # back under its old key: it keeps its place
+        fsio.move(grave, self.path / "enqueued" / key, proof="src")  # back under its old key: it keeps its place
         self._listed = 0.0
         self._emit("reenqueued", type_id=type_id, task_id=task_id, key=key, message=note)
 
@@ -1714,19 +1336,19 @@ class Spool:
         now = self.clock()
         out = []
         for state in (State.SCHEDULED, State.RUNNING):
-            base = self.path / _DIR_OF[state]
-            for server in _listdir(base):
-                if not _real_dir(base / server):  # a link planted as a server directory is moved, never listed
+            base = self.path / DIR_OF[state]
+            for server in fsio.listdir(base):
+                if not fsio.real_dir(base / server):  # a link planted as a server directory is moved, never listed
                     self._quarantine(base / server, "not a server directory (plain file or symlink)")
                     continue
-                for key in _listdir(base / server):
+                for key in fsio.listdir(base / server):
                     path = base / server / key
                     try:
                         type_id, task_id = parse_key(key)
                     except ValueError:  # not a task: re-enqueueing it would only fail later
                         self._quarantine(path, "name is not a task key")
                         continue
-                    if not _real_dir(path):  # its journal is never read through a planted link
+                    if not fsio.real_dir(path):  # its journal is never read through a planted link
                         self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
                         continue
                     try:
@@ -1736,7 +1358,7 @@ class Spool:
                     claimed = [r.time for r in self._journal(path) if r.state is State.SCHEDULED]
                     # the claim's rename stamps the directory's ctime: a task claimed again a moment ago, whose
                     # SCHEDULED record is not written yet, is not judged by its previous attempt's claim
-                    since = max(claimed[-1] if claimed else 0.0, _ctime(path, now))
+                    since = max(claimed[-1] if claimed else 0.0, fsio.ctime(path, now))
                     if now - since <= timeout:
                         continue
                     reason = message or f"abandoned: not finished within its timeout of {timeout:g} s on {server}"
@@ -1746,12 +1368,12 @@ class Spool:
         return out
 
     def _reap(self, path: Path, key: str, reason: str, *, count: bool) -> State | None:
-        if not _real_dir(path):
+        if not fsio.real_dir(path):
             if os.path.lexists(path):  # a file or link planted in a state directory: aside, never followed
                 self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
             return None
         grave = self.path / "tmp" / f"reap~{secrets.token_hex(4)}~{key}"
-        if not _move(path, grave, proof="dst"):  # fence: from now on the old holder's writes fail with ENOENT
+        if not fsio.move(path, grave, proof="dst"):  # fence: from now on the old holder's writes fail with ENOENT
             return None
         return self._settle(grave, key, reason, count=count)
 
@@ -1764,7 +1386,7 @@ class Spool:
         if last and last[-1].state.terminal and last[-1].attempt == attempt:  # type: ignore[union-attr]
             end = last[-1].state
             assert end is not None
-            _move(grave, self.path / _DIR_OF[end] / key, proof="src")  # its holder ended it, died before moving it
+            fsio.move(grave, self.path / DIR_OF[end] / key, proof="src")  # its holder ended it, died before moving it
             return end
         try:
             maxrestart = self.get_type(type_id).maxrestart
@@ -1774,13 +1396,13 @@ class Spool:
         if count and restarts >= maxrestart:
             message = f"{reason}; restart limit of {maxrestart} used up, giving up"
             self._append(grave, State.FAILED, message, None, attempt=attempt)
-            _move(grave, self.path / "failed" / key, proof="src")
+            fsio.move(grave, self.path / "failed" / key, proof="src")
             self._emit("failed", type_id=type_id, task_id=task_id, key=key, message=message)
             return State.FAILED
         restart = restarts + 1 if count else restarts
         note = f"{reason}; re-enqueued (restart {restart} of {maxrestart})" if count else f"{reason}; re-enqueued"
         self._append(grave, State.ENQUEUED, note, None, attempt=attempt, restart=restart)
-        _move(grave, self.path / "enqueued" / key, proof="src")  # back under its old key: it keeps its place
+        fsio.move(grave, self.path / "enqueued" / key, proof="src")  # back under its old key: it keeps its place
         self._candidates.clear()  # ... which the cached listing of the queue does not show
         self._emit("reenqueued", type_id=type_id, task_id=task_id, key=key, message=note)
         return State.ENQUEUED
@@ -1790,10 +1412,10 @@ class Spool:
         validate_id(server, "server id")
         out = []
         for state in (State.SCHEDULED, State.RUNNING):
-            base = self.path / _DIR_OF[state] / server
-            if not _real_dir(base):  # absent, or a link planted in its place: nothing of this server's
+            base = self.path / DIR_OF[state] / server
+            if not fsio.real_dir(base):  # absent, or a link planted in its place: nothing of this server's
                 continue
-            for key in _listdir(base):
+            for key in fsio.listdir(base):
                 try:
                     parse_key(key)
                 except ValueError:  # not a task: re-enqueueing it would only fail later
@@ -1809,8 +1431,8 @@ class Spool:
         now = self.clock()
         out = []
         for state in (State.FINISHED, State.FAILED):
-            base = self.path / _DIR_OF[state]
-            for key in _listdir(base):
+            base = self.path / DIR_OF[state]
+            for key in fsio.listdir(base):
                 try:
                     type_id, task_id = parse_key(key)
                     keep = self.get_type(type_id).timeret
@@ -1818,14 +1440,14 @@ class Spool:
                     continue
                 if keep <= 0:
                     continue
-                if not _real_dir(base / key):
+                if not fsio.real_dir(base / key):
                     self._quarantine(base / key, "not a task directory (plain file or symlink in a state directory)")
                     continue
-                ended = _mtime(base / key / "journal", None)
+                ended = fsio.mtime(base / key / "journal", None)
                 if ended is None or now - ended <= keep:
                     continue
                 grave = self.path / "tmp" / f"del~{secrets.token_hex(4)}~{key}"
-                if not _move(base / key, grave, proof="dst"):  # one winner when several sweepers retire at once
+                if not fsio.move(base / key, grave, proof="dst"):  # one winner when several sweepers retire at once
                     continue
                 self._bury(grave, key)
                 out.append((type_id, task_id))
@@ -1836,31 +1458,31 @@ class Spool:
         """Finish or undo what crashed processes left in ``tmp/`` more than ``grace`` seconds ago."""
         now = self.clock()  # tmp/ mtimes are stamped by the file server's clock
         done = []
-        for entry in _listdir(self.path / "tmp"):
+        for entry in fsio.listdir(self.path / "tmp"):
             path = self.path / "tmp" / entry
-            if entry.startswith("clock~") and now - _mtime(path, now) < 60:
+            if entry.startswith("clock~") and now - fsio.mtime(path, now) < 60:
                 continue  # another process is reading the clock right now
             # ctime too: a rename into tmp/ updates the ctime of what it moves, never its mtime
-            age = now - max(_mtime(path, now), _ctime(path, now))
+            age = now - max(fsio.mtime(path, now), fsio.ctime(path, now))
             if age < grace:
                 continue
             kind, _, rest = entry.partition("~")
             key = rest.partition("~")[2]
             try:
-                if kind in ("reap", "cancel", "rerun") and _real_dir(path):
+                if kind in ("reap", "cancel", "rerun") and fsio.real_dir(path):
                     self._settle(path, key, "recovered after a crash during re-enqueue", count=False)
                 elif kind in ("del", "enq") and key:
                     self._bury(path, key)
                 else:
-                    _remove(path)
+                    fsio.remove(path)
             except (OSError, ValueError, CorruptTaskFile) as exc:
                 log.warning("could not clean %s: %s", path, exc)
                 continue
             done.append(entry)
         # slots whose task left the queue without releasing them (a consumer crashed)
-        for n in _listdir(self.path / "slots"):
+        for n in fsio.listdir(self.path / "slots"):
             holder = self._readlink(self.path / "slots" / n)
-            slot_age = now - _mtime(self.path / "slots" / n, now, follow=False)
+            slot_age = now - fsio.mtime(self.path / "slots" / n, now, follow=False)
             if holder and slot_age > grace and not (_is_key(holder) and (self.path / "enqueued" / holder).exists()):
                 self._unlink_if_points(self.path / "slots" / n, holder)
         return done
@@ -1879,7 +1501,7 @@ class Spool:
         try:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise CorruptTaskFile(path, "not a task directory (plain file or symlink in a state directory)")
-            data = _read_settled(file)
+            data = fsio.read_settled(file)
             payload, _ = unseal(TASK_MAGIC, data, file, key=signer, bind=key)
             record = pickle.loads(payload)  # only after the checksum (or the signature) matched
             if not isinstance(record, dict) or {"type", "id", "input", "enqueued"} - record.keys():
@@ -1900,7 +1522,7 @@ class Spool:
     def _quarantine(self, path: Path, reason: str) -> None:
         name = f"{path.name[:200]}~{secrets.token_hex(4)}"
         dest = self.path / "quarantine" / name
-        if not _move(path, dest, proof="dst"):  # aside in one step; a symlink is moved, never followed
+        if not fsio.move(path, dest, proof="dst"):  # aside in one step; a symlink is moved, never followed
             return
         self._write_new(self.path / "quarantine" / f"{name}.reason", f"{path}: {reason}\n".encode())
         log.error("quarantined %s: %s", path, reason)
@@ -1931,20 +1553,20 @@ class Spool:
         if restart is not None:
             entry["restart"] = restart
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-        for attempt in range(SETTLE_TRIES):
+        for attempt in range(fsio.SETTLE_TRIES):
             try:
                 # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
                 # directory is opened O_NOFOLLOW, so a link in its place is never written through
-                fd = _open_in(path, "journal", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                fd = fsio.open_in(path, "journal", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 break
             except NotADirectoryError:
                 raise ClaimLost(f"task {claim or path.name} was taken away; this change is discarded") from None
             except OSError as exc:
-                if _settling(exc, path, attempt):  # GlusterFS, just after a rename
+                if fsio.settling(exc, path, attempt):  # GlusterFS, just after a rename
                     continue
                 if exc.errno in (errno.ENOENT, errno.ESTALE):
                     raise ClaimLost(f"task {claim or path.name} was taken away; this change is discarded") from None
-                _reraise(exc, f"cannot record a change of task {path.name} in the spool at {self}")
+                fsio.reraise(exc, f"cannot record a change of task {path.name} in the spool at {self}")
         try:
             written = os.write(fd, line)
             if written < len(line):  # the file system filled up within the line
@@ -1955,13 +1577,13 @@ class Spool:
             if self.durable:
                 os.fsync(fd)
         except OSError as exc:
-            _reraise(exc, f"cannot record a change of task {path.name} in the spool at {self}")
+            fsio.reraise(exc, f"cannot record a change of task {path.name} in the spool at {self}")
         finally:
             os.close(fd)
 
     def _journal(self, path: Path) -> list[LogRecord]:
         try:
-            with open(path / "journal", "rb", opener=_nofollow) as f:
+            with open(path / "journal", "rb", opener=fsio.nofollow) as f:
                 lines = f.read().splitlines()
         except (FileNotFoundError, NotADirectoryError):
             return []
@@ -1997,34 +1619,6 @@ class Spool:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _move(src: Path, dst: Path, *, proof: str) -> bool:
-    """``rename(src, dst)``; True if this call moved it, False if ``src`` was gone.
-
-    Network file systems report false errors here, resolved by looking where
-    the file actually is: NFS answers a retransmitted RENAME whose first try
-    succeeded with ENOENT, GlusterFS answers ESTALE for a rename over a file
-    another host created a moment ago (a retry succeeds). ``proof`` names the
-    side only this caller can have touched: ``"src"`` for a private source
-    (gone means we moved it), ``"dst"`` for a private destination (present
-    means we moved it there).
-    """
-    for attempt in range(SETTLE_TRIES):
-        try:
-            os.rename(src, dst)
-            return True
-        except OSError as exc:
-            if exc.errno == errno.ESTALE and attempt < SETTLE_TRIES - 1:
-                time.sleep(_settle_delay(attempt))
-                continue
-            if exc.errno != errno.ENOENT:
-                raise
-            if proof == "src":
-                return not os.path.lexists(src) and os.path.isdir(dst.parent)
-            # a lookup may be answered from a stale cache; a readdir is answered by the server
-            return os.path.lexists(dst) or dst.name in _names_in(dst.parent)
-    return False  # pragma: no cover - the loop returns or raises
 
 
 def _host_time() -> float:
@@ -2067,96 +1661,6 @@ def _last(journal: list[LogRecord], field: str) -> int:
     return 0
 
 
-def _settling(exc: OSError, directory: Path, attempt: int) -> bool:
-    """Whether to try again an operation inside a task directory that a rename just brought here.
-
-    GlusterFS answers ENOENT or ESTALE for a file in a directory another host
-    (or this one) renamed a moment ago; while the directory itself is there,
-    a retry resolves it. Once the directory is gone, the task moved on.
-    """
-    if exc.errno not in (errno.ENOENT, errno.ESTALE) or not os.path.isdir(directory):
-        return False
-    if attempt >= SETTLE_TRIES - 1:
-        # past the usual staleness: go on only while the server still lists the name (a readdir is
-        # answered by the server, where a lookup may be answered from a stale cache)
-        name = os.path.basename(str(exc.filename or ""))
-        if attempt >= 4 * SETTLE_TRIES or not name or name not in os.listdir(directory):
-            return False
-    time.sleep(_settle_delay(attempt))
-    return True
-
-
-#: tries of an operation that a network file system may answer falsely for about a second (GlusterFS)
-SETTLE_TRIES = 10
-
-
-def _settle_delay(attempt: int) -> float:
-    return min(0.5, 0.005 * 2.0**attempt)  # 2.1 s over SETTLE_TRIES: past GlusterFS's 1 s of staleness
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the entries of ``directory`` (a rename into it) durable; best effort where unsupported."""
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # some network file systems refuse fsync on a directory
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def _names_in(directory: Path) -> list[str]:
-    try:
-        return os.listdir(directory)
-    except OSError:
-        return []
-
-
-def _read_settled(file: Path) -> bytes:
-    for attempt in range(SETTLE_TRIES):
-        try:
-            with open(file, "rb", opener=_nofollow) as f:
-                return f.read()
-        except OSError as exc:
-            if not _settling(exc, file.parent, attempt):
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
-def _open_in(directory: Path, name: str, flags: int) -> int:
-    """Open ``directory/name``, following a symbolic link in neither of the two (mode 0660 if created)."""
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        return os.open(name, flags | os.O_NOFOLLOW, 0o660, dir_fd=dfd)
-    finally:
-        os.close(dfd)
-
-
-def _real_dir(path: Path) -> bool:
-    """Whether ``path`` is a directory itself, not a symbolic link to one (lstat, never stat)."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _check_real_dir(path: Path) -> None:
-    if not _real_dir(path):
-        raise StorageError(
-            errno.ENOTDIR,
-            f"{path} is not a directory but a symbolic link or a file; refusing to work through it "
-            "(was it planted? inspect it and remove it)",
-        )
-
-
 def _is_key(text: str) -> bool:
     try:
         parse_key(text)
@@ -2172,63 +1676,3 @@ def _check_claim(claim: Claim) -> None:
     """
     validate_id(claim.server, "server id")
     parse_key(claim.key)
-
-
-#: errors by which a file system refuses a write: full, over quota, read-only, failing
-_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
-
-
-def _reraise(exc: OSError, what: str) -> NoReturn:
-    """Raise ``exc`` again, as a :class:`StorageError` that says ``what`` failed if the file system refused a write."""
-    if isinstance(exc, StorageError):
-        raise StorageError(exc.errno, f"{what}: {exc}") from exc
-    if isinstance(exc, SpoolError) or exc.errno not in _STORAGE_ERRNOS:
-        raise exc
-    raise StorageError(exc.errno, f"{what}: {exc.strerror or exc}") from exc
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _listdir(path: Path) -> list[str]:
-    try:
-        return [e for e in os.listdir(path) if not e.startswith(".")]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _mtime(path: Path, default: Any, *, follow: bool = True) -> Any:
-    try:
-        return os.stat(path, follow_symlinks=follow).st_mtime
-    except OSError:
-        return default
-
-
-def _mtime_ns(path: Path) -> int:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return 0
-
-
-def _ctime(path: Path, default: Any) -> Any:
-    try:
-        return os.lstat(path).st_ctime
-    except OSError:
-        return default
-
-
-def _remove(path: Path) -> None:
-    try:
-        if stat.S_ISDIR(os.lstat(path).st_mode):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
-            raise

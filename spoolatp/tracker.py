@@ -20,7 +20,8 @@ from datetime import datetime
 from typing import Any
 
 from spoolatp.errors import ClaimLost, QueueEmpty, QueueException, QueueFull
-from spoolatp.spool import Claim, Spool, State, TaskType
+from spoolatp.format import Claim, State, TaskType
+from spoolatp.spool import Spool
 
 __all__ = [
     "QueueEmpty",

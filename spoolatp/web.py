@@ -69,7 +69,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"the web dashboard needs the 'web' extra: pip install 'spoolatp[web]' ({exc})") from exc
 
 from spoolatp.errors import CorruptTaskFile, ResponseNotFound, SpoolError, TaskNotFound
-from spoolatp.spool import RESPONSE_MAGIC, TASK_MAGIC, LogRecord, Spool, State, key_time, parse_key, unseal
+from spoolatp.format import RESPONSE_MAGIC, TASK_MAGIC, LogRecord, State, key_time, parse_key, unseal
+from spoolatp.spool import Spool
 
 #: seconds between refreshes of a page's live part (a finished task's page: ENDED_REFRESH)
 REFRESH = 2.0

@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from spoolatp import dropin
-from spoolatp.spool import Spool, State
+from spoolatp.format import State
+from spoolatp.spool import Spool
 
 TYPE = "SequenceSum"
 COMMANDS = [

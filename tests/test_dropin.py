@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from spoolatp import dropin
-from spoolatp.spool import Spool, State
+from spoolatp.format import State
+from spoolatp.spool import Spool
 
 TYPE = "SequenceSum"
 

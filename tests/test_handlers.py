@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 
 from spoolatp import HandlerNotFound, Spool, State, plugins, tracker
+from spoolatp.format import Claim
 from spoolatp.plugins import AUTOLOAD_ENV
-from spoolatp.spool import Claim
 from spoolatp.tracker import TaskStatus
 
 INSTALL = "pip install -e ./handlers/sequence-sum -e ./handlers/testing -e ./handlers/command"

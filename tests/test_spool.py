@@ -26,7 +26,7 @@ from spoolatp import (
     TaskNotFound,
     UnknownTaskType,
 )
-from spoolatp.spool import STATE_DIRS, TASK_MAGIC, _decode, _encode, make_key, parse_key, seal, validate_id
+from spoolatp.format import STATE_DIRS, TASK_MAGIC, decode_name, encode_name, make_key, parse_key, seal, validate_id
 
 SERVER = "atpd-test"
 TICK = 0.02  # longer than the tiny timeouts and retentions registered below
@@ -750,11 +750,11 @@ def test_identifier_encoding_round_trips_and_yields_one_safe_path_component(valu
             or ".." in value
             or not value.isprintable()
             or (value != value.strip())
-            or len(_encode(value).encode()) > 150
+            or len(encode_name(value).encode()) > 150
         )
         return
-    encoded = _encode(value)
-    assert _decode(encoded) == value
+    encoded = encode_name(value)
+    assert decode_name(encoded) == value
     assert "~" not in encoded and "/" not in encoded and not encoded.startswith(".")
     assert parse_key(make_key("T", value, 123)) == ("T", value)
     if len(encoded.encode()) <= 64:

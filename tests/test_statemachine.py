@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from test_spool import raw_states
 
 from spoolatp import Claim, ClaimLost, QueueEmpty, QueueFull, Spool, State, TaskExists, TaskNotFound
-from spoolatp.spool import _encode
+from spoolatp.format import encode_name
 
 CAP = 4
 MAXRESTART = 1
@@ -188,7 +188,7 @@ class SpoolMachine(RuleBasedStateMachine):
             assert self.spool.status(type_id, task_id) is task.state
         assert raw_states(root) == expected_dirs
         links = {name: os.readlink(root / "ids" / name) for name in os.listdir(root / "ids")}
-        assert links == {f"{_encode(t)}~{_encode(i)}": task.key for (t, i), task in self.model.items()}
+        assert links == {f"{encode_name(t)}~{encode_name(i)}": task.key for (t, i), task in self.model.items()}
         listed = {(i.type_id, i.task_id): (i.state, i.key) for i in self.spool.tasks()}
         assert listed == {k: (t.state, t.key) for k, t in self.model.items()}
         slots = {os.readlink(root / "slots" / n) for n in os.listdir(root / "slots")}

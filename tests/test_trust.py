@@ -43,7 +43,7 @@ from hypothesis import strategies as st
 from spoolatp import Claim, CorruptTaskFile, QueueEmpty, Spool, State, TaskNotFound, UnknownTaskType, dropin
 from spoolatp.daemon import run_claim, trust_warnings
 from spoolatp.errors import SigningKeyError, StorageError, TaskTooLarge
-from spoolatp.spool import KEY_ENV, RESPONSE_MAGIC, TASK_MAGIC, key_id, load_key, make_key, seal, unseal
+from spoolatp.format import KEY_ENV, RESPONSE_MAGIC, TASK_MAGIC, key_id, load_key, make_key, seal, unseal
 
 SERVER = "trust-test"
 ATTACKER_KEY = b"the attacker's own key, not the spool's"

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from spoolatp import Spool, State
-from spoolatp.spool import make_key
+from spoolatp.format import make_key
 
 pytest.importorskip("starlette", reason="the web extra is not installed: pip install -e '.[web]'")
 pytest.importorskip("uvicorn", reason="the web extra is not installed: pip install -e '.[web]'")

@@ -1,0 +1,196 @@
+"""File operations that stay correct on network file systems, and never follow links.
+
+NFS, GlusterFS and sshfs answer some renames, lookups and reads falsely for about a
+second (ENOENT after a success, ESTALE, a stale cache); the helpers here resolve each
+case by asking where the file really is. They know files, not tasks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from spoolatp.errors import SpoolError, StorageError
+
+
+def move(src: Path, dst: Path, *, proof: str) -> bool:
+    """``rename(src, dst)``; True if this call moved it, False if ``src`` was gone.
+
+    Network file systems report false errors here, resolved by looking where
+    the file actually is: NFS answers a retransmitted RENAME whose first try
+    succeeded with ENOENT, GlusterFS answers ESTALE for a rename over a file
+    another host created a moment ago (a retry succeeds). ``proof`` names the
+    side only this caller can have touched: ``"src"`` for a private source
+    (gone means we moved it), ``"dst"`` for a private destination (present
+    means we moved it there).
+    """
+    for attempt in range(SETTLE_TRIES):
+        try:
+            os.rename(src, dst)
+            return True
+        except OSError as exc:
+            if exc.errno == errno.ESTALE and attempt < SETTLE_TRIES - 1:
+                time.sleep(settle_delay(attempt))
+                continue
+            if exc.errno != errno.ENOENT:
+                raise
+            if proof == "src":
+                return not os.path.lexists(src) and os.path.isdir(dst.parent)
+            # a lookup may be answered from a stale cache; a readdir is answered by the server
+            return os.path.lexists(dst) or dst.name in names_in(dst.parent)
+    return False  # pragma: no cover - the loop returns or raises
+
+
+def settling(exc: OSError, directory: Path, attempt: int) -> bool:
+    """Whether to try again an operation inside a task directory that a rename just brought here.
+
+    GlusterFS answers ENOENT or ESTALE for a file in a directory another host
+    (or this one) renamed a moment ago; while the directory itself is there,
+    a retry resolves it. Once the directory is gone, the task moved on.
+    """
+    if exc.errno not in (errno.ENOENT, errno.ESTALE) or not os.path.isdir(directory):
+        return False
+    if attempt >= SETTLE_TRIES - 1:
+        # past the usual staleness: go on only while the server still lists the name (a readdir is
+        # answered by the server, where a lookup may be answered from a stale cache)
+        name = os.path.basename(str(exc.filename or ""))
+        if attempt >= 4 * SETTLE_TRIES or not name or name not in os.listdir(directory):
+            return False
+    time.sleep(settle_delay(attempt))
+    return True
+
+
+#: tries of an operation that a network file system may answer falsely for about a second (GlusterFS)
+SETTLE_TRIES = 10
+
+
+def settle_delay(attempt: int) -> float:
+    return min(0.5, 0.005 * 2.0**attempt)  # 2.1 s over SETTLE_TRIES: past GlusterFS's 1 s of staleness
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (a rename into it) durable; best effort where unsupported."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # some network file systems refuse fsync on a directory
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def names_in(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def read_settled(file: Path) -> bytes:
+    for attempt in range(SETTLE_TRIES):
+        try:
+            with open(file, "rb", opener=nofollow) as f:
+                return f.read()
+        except OSError as exc:
+            if not settling(exc, file.parent, attempt):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def open_in(directory: Path, name: str, flags: int) -> int:
+    """Open ``directory/name``, following a symbolic link in neither of the two (mode 0660 if created)."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        return os.open(name, flags | os.O_NOFOLLOW, 0o660, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def real_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory itself, not a symbolic link to one (lstat, never stat)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def check_real_dir(path: Path) -> None:
+    if not real_dir(path):
+        raise StorageError(
+            errno.ENOTDIR,
+            f"{path} is not a directory but a symbolic link or a file; refusing to work through it "
+            "(was it planted? inspect it and remove it)",
+        )
+
+
+#: errors by which a file system refuses a write: full, over quota, read-only, failing
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG})
+
+
+def reraise(exc: OSError, what: str) -> NoReturn:
+    """Raise ``exc`` again, as a :class:`StorageError` that says ``what`` failed if the file system refused a write."""
+    if isinstance(exc, StorageError):
+        raise StorageError(exc.errno, f"{what}: {exc}") from exc
+    if isinstance(exc, SpoolError) or exc.errno not in STORAGE_ERRNOS:
+        raise exc
+    raise StorageError(exc.errno, f"{what}: {exc.strerror or exc}") from exc
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def listdir(path: Path) -> list[str]:
+    try:
+        return [e for e in os.listdir(path) if not e.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def mtime(path: Path, default: Any, *, follow: bool = True) -> Any:
+    try:
+        return os.stat(path, follow_symlinks=follow).st_mtime
+    except OSError:
+        return default
+
+
+def mtime_ns(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def ctime(path: Path, default: Any) -> Any:
+    try:
+        return os.lstat(path).st_ctime
+    except OSError:
+        return default
+
+
+def remove(path: Path) -> None:
+    try:
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
+            raise
