@@ -287,7 +287,7 @@ def unseal(magic: bytes, data: bytes, path: object, *, key: bytes | None = None,
     parts = head.split(b" ", 4)
     if len(parts) < 4 or parts[0] != magic:
         raise CorruptTaskFile(path, f"header does not start with {magic.decode()!r}")
-    if parts[1] not in (b"%d" % FORMAT, b"%d" % SIGNED_FORMAT):
+    if parts[1] not in _FORMATS:
         raise CorruptTaskFile(path, f"unknown format version {parts[1][:10]!r}")
     try:
         length = int(parts[2])
@@ -296,7 +296,7 @@ def unseal(magic: bytes, data: bytes, path: object, *, key: bytes | None = None,
     if len(payload) != length:
         raise CorruptTaskFile(path, f"truncated: header says {length} bytes, file has {len(payload)}")
     meta = parts[4] if len(parts) > 4 else b""
-    if parts[1] == b"%d" % FORMAT:
+    if parts[1] == _FORMATS[0]:
         if key is not None:
             raise CorruptTaskFile(
                 path, "not signed, but the spool requires a signature (written without the spool's key, or forged)"
@@ -317,6 +317,9 @@ def unseal(magic: bytes, data: bytes, path: object, *, key: bytes | None = None,
         if not hmac.compare_digest(_mac(key, magic, payload, meta, bind), mac):
             raise CorruptTaskFile(path, "signature mismatch (forged, altered, or copied from another task)")
     return payload, meta.decode("utf-8", "replace")
+
+
+_FORMATS = (b"%d" % FORMAT, b"%d" % SIGNED_FORMAT)
 
 
 def _mac(key: bytes, magic: bytes, payload: bytes, meta: bytes, bind: str) -> bytes:

@@ -17,8 +17,11 @@ from typing import Any, NoReturn
 
 from spoolatp.errors import SpoolError, StorageError
 
+#: a path as the helpers take it: a string (the spool's hot paths build them with f-strings) or a Path
+PathArg = str | Path
 
-def move(src: Path, dst: Path, *, proof: str) -> bool:
+
+def move(src: PathArg, dst: PathArg, *, proof: str) -> bool:
     """``rename(src, dst)``; True if this call moved it, False if ``src`` was gone.
 
     Network file systems report false errors here, resolved by looking where
@@ -39,14 +42,15 @@ def move(src: Path, dst: Path, *, proof: str) -> bool:
                 continue
             if exc.errno != errno.ENOENT:
                 raise
+            parent, name = os.path.split(dst)
             if proof == "src":
-                return not os.path.lexists(src) and os.path.isdir(dst.parent)
+                return not os.path.lexists(src) and os.path.isdir(parent)
             # a lookup may be answered from a stale cache; a readdir is answered by the server
-            return os.path.lexists(dst) or dst.name in names_in(dst.parent)
+            return os.path.lexists(dst) or name in names_in(parent)
     return False  # pragma: no cover - the loop returns or raises
 
 
-def settling(exc: OSError, directory: Path, attempt: int) -> bool:
+def settling(exc: OSError, directory: PathArg, attempt: int) -> bool:
     """Whether to try again an operation inside a task directory that a rename just brought here.
 
     GlusterFS answers ENOENT or ESTALE for a file in a directory another host
@@ -73,7 +77,7 @@ def settle_delay(attempt: int) -> float:
     return min(0.5, 0.005 * 2.0**attempt)  # 2.1 s over SETTLE_TRIES: past GlusterFS's 1 s of staleness
 
 
-def fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: PathArg) -> None:
     """Make the entries of ``directory`` (a rename into it) durable; best effort where unsupported."""
     try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
@@ -88,29 +92,50 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def names_in(directory: Path) -> list[str]:
+def names_in(directory: PathArg) -> list[str]:
     try:
         return os.listdir(directory)
     except OSError:
         return []
 
 
-def read_settled(file: Path) -> bytes:
+def read_settled(file: PathArg) -> bytes:
+    """The whole of ``file`` (never through a link), retried while a network file system settles."""
     for attempt in range(SETTLE_TRIES):
         try:
-            with open(file, "rb", opener=nofollow) as f:
-                return f.read()
+            return read_file(file)
         except OSError as exc:
-            if not settling(exc, file.parent, attempt):
+            if not settling(exc, os.path.dirname(file), attempt):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_file(file: PathArg) -> bytes:
+    """The whole of ``file``, opened ``O_NOFOLLOW``: unbuffered, a few system calls for a small file."""
+    fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        data = os.read(fd, READ_CHUNK)
+        if not data:
+            return data
+        chunks = [data]
+        while True:  # to the end: a short read need not be the end of the file (FUSE, signals)
+            data = os.read(fd, READ_CHUNK)
+            if not data:
+                return b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            chunks.append(data)
+    finally:
+        os.close(fd)
+
+
+#: bytes asked for per read by :func:`read_file`
+READ_CHUNK = 1 << 16
 
 
 def nofollow(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NOFOLLOW)
 
 
-def open_in(directory: Path, name: str, flags: int) -> int:
+def open_in(directory: PathArg, name: str, flags: int) -> int:
     """Open ``directory/name``, following a symbolic link in neither of the two (mode 0660 if created)."""
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
@@ -119,7 +144,7 @@ def open_in(directory: Path, name: str, flags: int) -> int:
         os.close(dfd)
 
 
-def real_dir(path: Path) -> bool:
+def real_dir(path: PathArg) -> bool:
     """Whether ``path`` is a directory itself, not a symbolic link to one (lstat, never stat)."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
@@ -127,7 +152,7 @@ def real_dir(path: Path) -> bool:
         return False
 
 
-def check_real_dir(path: Path) -> None:
+def check_real_dir(path: PathArg) -> None:
     if not real_dir(path):
         raise StorageError(
             errno.ENOTDIR,
@@ -155,35 +180,35 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def listdir(path: Path) -> list[str]:
+def listdir(path: PathArg) -> list[str]:
     try:
         return [e for e in os.listdir(path) if not e.startswith(".")]
     except (FileNotFoundError, NotADirectoryError):
         return []
 
 
-def mtime(path: Path, default: Any, *, follow: bool = True) -> Any:
+def mtime(path: PathArg, default: Any, *, follow: bool = True) -> Any:
     try:
         return os.stat(path, follow_symlinks=follow).st_mtime
     except OSError:
         return default
 
 
-def mtime_ns(path: Path) -> int:
+def mtime_ns(path: PathArg) -> int:
     try:
         return os.stat(path).st_mtime_ns
     except OSError:
         return 0
 
 
-def ctime(path: Path, default: Any) -> Any:
+def ctime(path: PathArg, default: Any) -> Any:
     try:
         return os.lstat(path).st_ctime
     except OSError:
         return default
 
 
-def remove(path: Path) -> None:
+def remove(path: PathArg) -> None:
     try:
         if stat.S_ISDIR(os.lstat(path).st_mode):
             shutil.rmtree(path, ignore_errors=True)

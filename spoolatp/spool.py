@@ -42,8 +42,10 @@ path component.
 - ``journal``: JSON lines appended by whoever holds the task, one per state
   change, log message or progress report:
   ``{"t": time, "s": state code or null, "m": message, "srv": server,
-  "att": attempt, "p": progress fraction, "restart": n}``. The task's
-  history is the enqueue record followed by the journal.
+  "att": attempt, "p": progress fraction, "restart": n}``, written compact
+  (no spaces) with ``t``, ``s``, ``m`` first, which lets a reader count the
+  records of a state without parsing every line. The task's history is the
+  enqueue record followed by the journal.
 - ``response``: optional, written by the handler (tmp name then rename):
   header line ``SPOOLATP-RESPONSE 1 <length> <sha256> <JSON meta>`` (or
   ``2 <length> hmac-sha256:<KEYID>:<MAC> <JSON meta>``) then the bytes.
@@ -236,7 +238,13 @@ class Spool:
         self._settings: tuple[float, dict[str, Any]] | None = None
         self._types: dict[str, tuple[float, TaskType]] = {}
         self._offset: tuple[float, float] | None = None
-        self._server_dirs: set[str] = set()
+        self._server_dirs: set[str] = set()  # checked scheduled/SERVER directories (SERVER is validated)
+        self._running_dirs: set[str] = set()  # running/SERVER directories this process created or found
+        # the hot paths build paths as strings: a pathlib join costs more than the system call it names
+        self._root = root = os.fspath(self.path)
+        self._dirs = {name: os.path.join(root, name) for name in SPOOL_DIRS}
+        # (server, key) of claims whose names were checked (_check_claim), with the key's (type, id)
+        self._valid: dict[tuple[str, str], tuple[str, str]] = {}
         self._create()
 
     def __repr__(self) -> str:
@@ -313,15 +321,16 @@ class Spool:
                 os.unlink(tmp)
             fsio.reraise(exc, f"cannot write {dest.name} in the spool at {self}")
 
-    def _write_new(self, path: Path, data: bytes) -> None:
+    def _write_new(self, path: fsio.PathArg, data: bytes) -> None:
         """Create ``path`` (it must not exist) holding ``data``; on failure nothing is left behind.
 
         :raises StorageError: the file system is full or read-only.
         """
+        parent, name = os.path.split(path)
         try:
             # opened relative to its directory, itself opened O_NOFOLLOW: a link planted in place of a
             # task directory is never written through
-            fd = fsio.open_in(path.parent, path.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            fd = fsio.open_in(parent, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         except OSError as exc:
             fsio.reraise(exc, f"cannot create {path}")
         try:
@@ -624,8 +633,9 @@ class Spool:
         if len(payload) > max_input:  # refused before anything is written
             what = f"the input of task {type_id!r}/{task_id!r} (pickled)"
             raise TaskTooLarge(what, len(payload), max_input, "max_input_bytes", self)
-        name = self.path / "ids" / f"{encode_name(type_id)}~{encode_name(task_id)}"
-        tmp = self.path / "tmp" / f"enq~{secrets.token_hex(4)}~{key}"
+        dirs = self._dirs
+        name = f"{dirs['ids']}/{encode_name(type_id)}~{encode_name(task_id)}"
+        tmp = f"{dirs['tmp']}/enq~{secrets.token_hex(4)}~{key}"
         reserved = False
         slot = None
         try:
@@ -640,22 +650,20 @@ class Spool:
                 if len(payload) > max_input:  # the slot number made it a few bytes longer
                     what = f"the input of task {type_id!r}/{task_id!r} (pickled)"
                     raise TaskTooLarge(what, len(payload), max_input, "max_input_bytes", self)
-            self._write_new(tmp / "task", seal(TASK_MAGIC, payload, key=signer, bind=key))
-            dest = (
-                self.path / "enqueued" / key if due is None else self.path / "delayed" / f"{int(due * 1e9):016x}~{key}"
-            )
+            self._write_new(f"{tmp}/task", seal(TASK_MAGIC, payload, key=signer, bind=key))
+            dest = f"{dirs['enqueued']}/{key}" if due is None else f"{dirs['delayed']}/{int(due * 1e9):016x}~{key}"
             if not fsio.move(tmp, dest, proof="src"):  # publish: whole or not at all
                 raise FileNotFoundError(f"{tmp} vanished before it was published (swept as a crash leftover?)")
             if self.durable:  # the rename itself survives a power loss only once its directory is on disk
-                fsio.fsync_dir(dest.parent)
-                fsio.fsync_dir(name.parent)
+                fsio.fsync_dir(os.path.dirname(dest))
+                fsio.fsync_dir(dirs["ids"])
         except BaseException as exc:
             # undo; on a read-only file system the undo may fail too: what it leaves in tmp/ (with the id it
             # reserved) is never visible as a task, and a sweep of tmp/ frees it
             shutil.rmtree(tmp, ignore_errors=True)
             with contextlib.suppress(OSError):
                 if slot is not None:
-                    self._unlink_if_points(self.path / "slots" / str(slot), key)
+                    self._unlink_if_points(f"{dirs['slots']}/{slot}", key)
             with contextlib.suppress(OSError):
                 if reserved:
                     self._unlink_if_points(name, key)
@@ -667,7 +675,7 @@ class Spool:
         self._emit("enqueued", type_id=type_id, task_id=task_id, key=key)
         return key
 
-    def _link(self, key: str, path: Path, exists: Callable[[], Exception]) -> None:
+    def _link(self, key: str, path: fsio.PathArg, exists: Callable[[], Exception]) -> None:
         """Create symlink ``path`` whose text is ``key``: atomic, fails if it exists (NFS too)."""
         try:
             os.symlink(key, path)
@@ -683,24 +691,25 @@ class Spool:
                 raise exists() from None
 
     @staticmethod
-    def _readlink(path: Path) -> str | None:
+    def _readlink(path: fsio.PathArg) -> str | None:
         try:
             return os.readlink(path)
         except (FileNotFoundError, OSError):
             return None
 
-    def _unlink_if_points(self, path: Path, key: str) -> None:
+    def _unlink_if_points(self, path: fsio.PathArg, key: str) -> None:
         if self._readlink(path) == key:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
     def _take_slot(self, key: str, limit: int) -> int:
-        taken = {int(n) for n in os.listdir(self.path / "slots") if n.isdigit()}
+        slots = self._dirs["slots"]
+        taken = {int(n) for n in os.listdir(slots) if n.isdigit()}
         free = [n for n in range(limit) if n not in taken]
         random.shuffle(free)
         for n in free:
             try:
-                os.symlink(key, self.path / "slots" / str(n))  # atomic: one winner per slot
+                os.symlink(key, f"{slots}/{n}")  # atomic: one winner per slot
                 return n
             except FileExistsError:
                 continue
@@ -963,21 +972,26 @@ class Spool:
         accept: Callable[[str], bool] | None = None,
         limit: int = 1,
         message: str = "",
+        serial: contextlib.AbstractContextManager[Any] | None = None,
     ) -> list[Claim]:
         """Dequeue up to ``limit`` tasks, most urgent and oldest first: ENQUEUED -> SCHEDULED.
 
         ``accept(type_id)`` restricts the claim to types this consumer can run.
+        ``serial``: a lock held around each claim's rename, which processes that
+        claim with the same ``server`` at the same time must share (see below).
         The queue is listed once and the sorted list is reused by later calls,
         so the cost per task does not grow with the queue (see "Order" above
         for when it is listed again). Delayed tasks that are due are promoted.
 
         :raises QueueEmpty: nothing (acceptable) is waiting.
         """
-        validate_id(server, "server id")
+        if server not in self._server_dirs:  # a server named there was validated already
+            validate_id(server, "server id")
         self._signing_key()  # before a task moves: a consumer without the spool's key must not strand one
-        sdir = self.path / "scheduled" / server
+        enqueued = self._dirs["enqueued"]
+        sdir = f"{self._dirs['scheduled']}/{server}"
         if server not in self._server_dirs:
-            sdir.mkdir(mode=0o770, exist_ok=True)
+            Path(sdir).mkdir(mode=0o770, exist_ok=True)
             fsio.check_real_dir(sdir)
             self._server_dirs.add(server)
         claims: list[Claim] = []
@@ -991,28 +1005,35 @@ class Spool:
                 break
             key = self._candidates.pop()
             try:
-                type_id, _ = parse_key(key)
+                ids = parse_key(key)
             except ValueError:
-                self._quarantine(self.path / "enqueued" / key, "name is not a task key")
+                self._quarantine(f"{enqueued}/{key}", "name is not a task key")
                 continue
-            if accept is not None and not accept(type_id):
+            if accept is not None and not accept(ids[0]):
                 continue
+            path = f"{sdir}/{key}"
             try:
-                # the claim: of racing consumers exactly one rename wins; the loser's source is gone
-                if not fsio.move(self.path / "enqueued" / key, sdir / key, proof="dst"):
-                    continue
+                # the claim: of racing consumers exactly one rename wins; the loser's source is gone. An ENOENT
+                # answer (NFS: a retransmitted rename) hid our success if the task is now in our directory,
+                # which proves it only if no one else put it there: consumers sharing a server id hold
+                # ``serial`` and look first, so no one else can have put it there between the look and ours
+                with serial or contextlib.nullcontext():
+                    if serial is not None and os.path.lexists(path):
+                        continue  # another consumer of this server id holds it
+                    if not fsio.move(f"{enqueued}/{key}", path, proof="dst"):
+                        continue
             except (FileExistsError, OSError) as exc:  # ENOTEMPTY: a leftover of a crashed run of this server id
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
                 continue
             try:
-                claim = self._claimed(sdir / key, server, key, message)
+                claim = self._claimed(path, server, key, message, ids)
             except (OSError, ClaimLost) as exc:
                 # its SCHEDULED record could not be written (a flaky network mount): give it back rather
                 # than hold a task nobody knows it holds; if even that fails, the zombie sweep finds it
                 log.warning("claim of %s by %s not recorded (%s); giving it back", key, server, exc)
                 with contextlib.suppress(OSError):
-                    fsio.move(sdir / key, self.path / "enqueued" / key, proof="dst")
+                    fsio.move(path, f"{enqueued}/{key}", proof="dst")
                 continue
             if claim is not None:
                 claims.append(claim)
@@ -1027,15 +1048,14 @@ class Spool:
             return True
         if age < max(0.05, 10 * self._list_cost):  # listing costs at most a tenth of the time
             return False
-        return fsio.mtime_ns(self.path / "enqueued") != self._listed_mtime  # something arrived (or left)
+        return fsio.mtime_ns(self._dirs["enqueued"]) != self._listed_mtime  # something arrived (or left)
 
     def _relist(self) -> None:
         self.promote_due()
         started = time.monotonic()
-        self._listed_mtime = fsio.mtime_ns(
-            self.path / "enqueued"
-        )  # before listing: a change during it is seen next time
-        self._candidates = sorted(fsio.listdir(self.path / "enqueued"), reverse=True)
+        # mtime before listing: a change during it is seen next time
+        self._listed_mtime = fsio.mtime_ns(self._dirs["enqueued"])
+        self._candidates = sorted(fsio.listdir(self._dirs["enqueued"]), reverse=True)
         self._listed = time.monotonic()
         self._list_cost = self._listed - started
 
@@ -1057,7 +1077,7 @@ class Spool:
             self._listed = 0.0
         return None
 
-    def _claimed(self, path: Path, server: str, key: str, message: str) -> Claim | None:
+    def _claimed(self, path: str, server: str, key: str, message: str, ids: tuple[str, str]) -> Claim | None:
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:  # deleted right after our rename
@@ -1065,10 +1085,9 @@ class Spool:
         if not stat.S_ISDIR(mode):  # a planted file or symlink: never follow it
             self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
             return None
-        journal = self._journal(path)
-        attempt = sum(1 for r in journal if r.state is State.SCHEDULED) + 1
+        attempt = self._attempts(path) + 1
         try:
-            record = self._read_record(path, key)
+            record = self._read_record(path, key, is_dir=True)  # the lstat above, after our rename, checked it
         except CorruptTaskFile:
             return None
         except OSError:
@@ -1078,21 +1097,52 @@ class Spool:
         except Exception:  # an input of a class this process lacks: start() raises it for the consumer to report
             record = {}  # and sweep_tmp frees its slot
         if record.get("slot") is not None:
-            self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
-        claim = Claim(str(self.path), server, key, attempt)
+            self._unlink_if_points(f"{self._dirs['slots']}/{record['slot']}", key)
+        claim = Claim(self._root, server, key, attempt)
+        self._remember_valid(server, key, ids)  # both names were checked by claim()
         try:
             self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim)
         except ClaimLost:  # deleted right after our rename
             return None
         return claim
 
-    def _claim_path(self, claim: Claim) -> tuple[Path, State]:
-        _check_claim(claim)
-        for state in (State.RUNNING, State.SCHEDULED):
-            path = self.path / DIR_OF[state] / claim.server / claim.key
-            if fsio.real_dir(path.parent) and fsio.real_dir(path):
+    def _check_claim(self, claim: Claim) -> tuple[str, str]:
+        """Refuse a claim whose server or key could lead out of the spool; return the key's (type, id).
+
+        Each (server, key) is checked once per Spool: they are strings, so a checked pair stays good.
+
+        :raises ValueError:
+        """
+        server, key = claim.server, claim.key
+        if type(server) is str and type(key) is str:  # anything else is refused below, never looked up
+            ids = self._valid.get((server, key))
+            if ids is not None:
+                return ids
+        validate_id(server, "server id")
+        ids = parse_key(key)
+        self._remember_valid(server, key, ids)
+        return ids
+
+    def _remember_valid(self, server: str, key: str, ids: tuple[str, str]) -> None:
+        if len(self._valid) >= 4096:  # a bound, not a cache policy: the claims in use are checked again
+            self._valid.clear()
+        self._valid[(server, key)] = ids
+
+    def _claim_path(self, claim: Claim, *, scheduled_first: bool = False) -> tuple[str, State]:
+        """The directory of the task this claim holds, and its state.
+
+        ``scheduled_first`` looks in scheduled/ before running/ (start(), where the task is expected).
+
+        :raises ClaimLost:
+        """
+        self._check_claim(claim)
+        server, key = claim.server, claim.key
+        for state in _HELD_SCHEDULED_FIRST if scheduled_first else _HELD:
+            base = f"{self._dirs[DIR_OF[state]]}/{server}"
+            path = f"{base}/{key}"
+            if fsio.real_dir(path) and fsio.real_dir(base):
                 # the same server may hold a later attempt of this task: the path alone is no proof
-                if sum(1 for r in self._journal(path) if r.state is State.SCHEDULED) != claim.attempt:
+                if self._attempts(path) != claim.attempt:
                     break
                 return path, state
         raise ClaimLost(
@@ -1100,16 +1150,29 @@ class Spool:
             "as abandoned, deleted or retired; this change is discarded"
         )
 
-    def _own_terminal(self, claim: Claim) -> tuple[Path, State] | None:
+    def _own_terminal(self, claim: Claim) -> tuple[str, State] | None:
         """The task's terminal directory if this very attempt ended it, else None."""
-        _check_claim(claim)
+        self._check_claim(claim)
         for state in (State.FINISHED, State.FAILED):
-            path = self.path / DIR_OF[state] / claim.key
+            path = f"{self._dirs[DIR_OF[state]]}/{claim.key}"
             if fsio.real_dir(path):
-                ends = [r for r in self._journal(path) if r.state is not None and r.state.terminal]
-                if ends and ends[-1].server == claim.server and ends[-1].attempt == claim.attempt:
+                end = _last_end(self._journal_data(path))
+                if end is not None and end.server == claim.server and end.attempt == claim.attempt:
                     return path, state
         return None
+
+    def _held_or_ended(self, claim: Claim) -> str:
+        """The task's directory while this attempt holds it, or after this attempt ended it.
+
+        :raises ClaimLost: neither.
+        """
+        try:
+            return self._claim_path(claim)[0]  # held: then it is in no terminal directory
+        except ClaimLost:
+            own = self._own_terminal(claim)
+            if own is None:
+                raise
+            return own[0]
 
     def start(self, claim: Claim, message: str = "") -> StartedTask:
         """SCHEDULED -> RUNNING; return the task's type, id, handler name and input.
@@ -1117,13 +1180,16 @@ class Spool:
         :raises ClaimLost: the task was taken from this consumer.
         :raises CorruptTaskFile: the task file failed validation (it is quarantined).
         """
-        path, state = self._claim_path(claim)
+        type_id, task_id = self._check_claim(claim)
+        path, state = self._claim_path(claim, scheduled_first=True)
         if state is State.SCHEDULED:
-            rdir = self.path / "running" / claim.server
-            if claim.server not in self._server_dirs or not rdir.is_dir():
-                rdir.mkdir(mode=0o770, exist_ok=True)
+            rdir = f"{self._dirs['running']}/{claim.server}"
+            # lstat, never stat: running/SERVER must be a directory itself, not a link planted in its place
+            if claim.server not in self._running_dirs or not fsio.real_dir(rdir):
+                Path(rdir).mkdir(mode=0o770, exist_ok=True)
                 fsio.check_real_dir(rdir)
-            dest = rdir / claim.key
+                self._running_dirs.add(claim.server)
+            dest = f"{rdir}/{claim.key}"
             if not fsio.move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
                 raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started")
             path = dest
@@ -1133,16 +1199,14 @@ class Spool:
             raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started") from None
         ttype = self.get_type(record["type"])
         self._append(path, State.RUNNING, message or "started", claim)
-        self._emit("started", type_id=claim.type_id, task_id=claim.task_id, key=claim.key, attempt=claim.attempt)
+        self._emit("started", type_id=type_id, task_id=task_id, key=claim.key, attempt=claim.attempt)
         return StartedTask(record["type"], record["id"], ttype.handler, record["input"])
 
     def note(self, claim: Claim, message: str, progress: float | None = None) -> None:
         """Add a log message (and optionally a progress fraction 0..1) to a held task."""
         if progress is not None and not 0.0 <= progress <= 1.0:
             raise ValueError(f"progress must be a fraction between 0 and 1, not {progress!r}")
-        path = self._own_terminal(claim)
-        target = path[0] if path else self._claim_path(claim)[0]
-        self._append(target, None, str(message), claim, progress=progress)
+        self._append(self._held_or_ended(claim), None, str(message), claim, progress=progress)
 
     def store_response(self, claim: Claim, response: str | bytes, mime_type: str = "text/xml") -> None:
         """Store the task's response; allowed until and after this attempt ends it."""
@@ -1156,13 +1220,12 @@ class Spool:
         max_response = self._limit("max_response_bytes", MAX_RESPONSE_BYTES)
         if len(payload) > max_response:  # refused before anything is written
             raise TaskTooLarge(f"the response of task {claim}", len(payload), max_response, "max_response_bytes", self)
-        own = self._own_terminal(claim)
-        path = own[0] if own else self._claim_path(claim)[0]
+        path = self._held_or_ended(claim)
         meta = json.dumps({"mime": str(mime_type), "kind": kind}, separators=(",", ":"))
-        tmp = path / f".response~{secrets.token_hex(4)}"
+        tmp = f"{path}/.response~{secrets.token_hex(4)}"
         try:
             self._write_new(tmp, seal(RESPONSE_MAGIC, payload, meta, key=signer, bind=claim.key))
-            os.replace(tmp, path / "response")  # same directory: fails if a reaper moved it meanwhile
+            os.replace(tmp, f"{path}/response")  # same directory: fails if a reaper moved it meanwhile
         except (FileNotFoundError, NotADirectoryError):
             raise ClaimLost(f"task {claim} was taken from server {claim.server!r}; its response is discarded") from None
         except OSError as exc:
@@ -1191,11 +1254,18 @@ class Spool:
         return own[1] if own else None
 
     def _end(self, claim: Claim, state: State, message: str) -> None:
-        if self._own_terminal(claim) is not None:
-            raise ClaimLost(f"task {claim} already ended; a second terminal state is refused")
-        path, _ = self._claim_path(claim)
+        type_id, task_id = self._check_claim(claim)
+        try:
+            # held first: a task held in scheduled/ or running/ is in no terminal directory, so this attempt
+            # cannot have ended it (only when it is not held is a terminal directory worth looking at)
+            path, _ = self._claim_path(claim)
+        except ClaimLost:
+            if self._own_terminal(claim) is not None:
+                raise ClaimLost(f"task {claim} already ended; a second terminal state is refused") from None
+            raise
         self._append(path, state, message, claim)
-        dest = self.path / DIR_OF[state] / claim.key
+        ended = self._dirs[DIR_OF[state]]
+        dest = f"{ended}/{claim.key}"
         if not fsio.move(path, dest, proof="dst"):  # publish the end: fails if a reaper fenced the claim first
             # a reaper that saw our terminal entry completes the move for us
             if self._own_terminal(claim) is None:
@@ -1203,8 +1273,8 @@ class Spool:
                     f"task {claim} was taken from server {claim.server!r}; its result is discarded"
                 ) from None
         if self.durable:  # a finished task must not come back as running after a power loss
-            fsio.fsync_dir(dest.parent)
-        self._emit(state.name.lower(), type_id=claim.type_id, task_id=claim.task_id, key=claim.key, message=message)
+            fsio.fsync_dir(ended)
+        self._emit(state.name.lower(), type_id=type_id, task_id=task_id, key=claim.key, message=message)
 
     def retry_later(self, claim: Claim, reason: str, delay: float | None = None) -> State:
         """After a failed attempt: try again after a backoff, or FAILED once the type's retries are used up.
@@ -1278,18 +1348,21 @@ class Spool:
 
     def cancel_requested(self, claim: Claim) -> str | None:
         """Who asked to cancel this held task, or None; cheap enough to poll."""
-        _check_claim(claim)
-        for state in (State.RUNNING, State.SCHEDULED):
-            who = self._cancel_marker(self.path / DIR_OF[state] / claim.server / claim.key)
+        self._check_claim(claim)
+        for state in _HELD:
+            who = self._cancel_marker(f"{self._dirs[DIR_OF[state]]}/{claim.server}/{claim.key}")
             if who is not None:
                 return who
         return None
 
     @staticmethod
-    def _cancel_marker(path: Path) -> str | None:
+    def _cancel_marker(path: fsio.PathArg) -> str | None:
         try:
-            with open(path / "cancel", "rb", opener=fsio.nofollow) as f:
-                data = f.read(4096)
+            fd = os.open(f"{os.fspath(path)}/cancel", os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                data = os.read(fd, 4096)
+            finally:
+                os.close(fd)
         except OSError:
             return None
         try:
@@ -1367,7 +1440,7 @@ class Spool:
                         out.append((type_id, task_id, end))
         return out
 
-    def _reap(self, path: Path, key: str, reason: str, *, count: bool) -> State | None:
+    def _reap(self, path: fsio.PathArg, key: str, reason: str, *, count: bool) -> State | None:
         if not fsio.real_dir(path):
             if os.path.lexists(path):  # a file or link planted in a state directory: aside, never followed
                 self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
@@ -1407,8 +1480,11 @@ class Spool:
         self._emit("reenqueued", type_id=type_id, task_id=task_id, key=key, message=note)
         return State.ENQUEUED
 
-    def recover(self, server: str, reason: str = "") -> list[tuple[str, str, State]]:
-        """Take back every task held by ``server`` (a daemon restarting with the same id)."""
+    def recover(self, server: str, reason: str = "", *, count: bool = True) -> list[tuple[str, str, State]]:
+        """Take back every task held by ``server`` (a daemon restarting with the same id).
+
+        ``count=False`` re-enqueues without counting a restart (a daemon giving back its own tasks as it stops).
+        """
         validate_id(server, "server id")
         out = []
         for state in (State.SCHEDULED, State.RUNNING):
@@ -1421,7 +1497,7 @@ class Spool:
                 except ValueError:  # not a task: re-enqueueing it would only fail later
                     self._quarantine(base / key, "name is not a task key")
                     continue
-                end = self._reap(base / key, key, reason or f"abandoned by an earlier run of {server}", count=True)
+                end = self._reap(base / key, key, reason or f"abandoned by an earlier run of {server}", count=count)
                 if end is not None:
                     out.append((*parse_key(key), end))
         return out
@@ -1489,28 +1565,32 @@ class Spool:
 
     # ------------------------------------------------------------------ files inside a task
 
-    def _read_record(self, path: Path, key: str, *, quarantine: bool = True) -> dict[str, Any]:
+    def _read_record(
+        self, path: fsio.PathArg, key: str, *, quarantine: bool = True, is_dir: bool = False
+    ) -> dict[str, Any]:
         """The enqueue record of task directory ``path``; unpickled only after its checksum or signature matched.
+
+        ``is_dir``: the caller has just lstat-ed ``path`` and found a directory (not a link): not checked again.
 
         :raises CorruptTaskFile: (the task is quarantined unless ``quarantine`` is False)
         :raises SigningKeyError: raised before anything is read, and quarantines nothing.
         :raises FileNotFoundError: the task moved on meanwhile.
         """
         signer = self._signing_key()  # a process without the right key must never take good tasks for forged ones
-        file = path / "task"
+        file = f"{os.fspath(path)}/task"
         try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
+            if not is_dir and not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise CorruptTaskFile(path, "not a task directory (plain file or symlink in a state directory)")
             data = fsio.read_settled(file)
             payload, _ = unseal(TASK_MAGIC, data, file, key=signer, bind=key)
             record = pickle.loads(payload)  # only after the checksum (or the signature) matched
-            if not isinstance(record, dict) or {"type", "id", "input", "enqueued"} - record.keys():
+            if not isinstance(record, dict) or not _RECORD_KEYS <= record.keys():
                 raise CorruptTaskFile(file, "record lacks type, id, input or enqueued")
             if make_key(record["type"], record["id"], int(key[1:17], 16), key_priority(key)) != key:
                 raise CorruptTaskFile(file, "record does not belong to its directory name")
             return record
         except (CorruptTaskFile, OSError, pickle.UnpicklingError, ValueError, EOFError) as exc:
-            if isinstance(exc, FileNotFoundError) and not path.exists():
+            if isinstance(exc, FileNotFoundError) and not os.path.exists(path):
                 raise  # the task moved on
             if isinstance(exc, OSError) and exc.errno == errno.ESTALE:
                 raise  # a network file system that has not settled yet: no reason to quarantine a task
@@ -1519,7 +1599,8 @@ class Spool:
                 self._quarantine(path, err.reason)
             raise err from None
 
-    def _quarantine(self, path: Path, reason: str) -> None:
+    def _quarantine(self, path: fsio.PathArg, reason: str) -> None:
+        path = Path(path)
         name = f"{path.name[:200]}~{secrets.token_hex(4)}"
         dest = self.path / "quarantine" / name
         if not fsio.move(path, dest, proof="dst"):  # aside in one step; a symlink is moved, never followed
@@ -1531,7 +1612,7 @@ class Spool:
 
     def _append(
         self,
-        path: Path,
+        path: fsio.PathArg,
         state: State | None,
         message: str,
         claim: Claim | None,
@@ -1541,18 +1622,37 @@ class Spool:
         restart: int | None = None,
         retry: int | None = None,
     ) -> None:
-        entry: dict[str, Any] = {"t": self.clock(), "s": int(state) if state else None, "m": message}
-        if retry is not None:
-            entry["retry"] = retry
-        if claim is not None:
-            entry["srv"], entry["att"] = claim.server, claim.attempt
-        elif attempt is not None:
-            entry["att"] = attempt
-        if progress is not None:
-            entry["p"] = progress
-        if restart is not None:
-            entry["restart"] = restart
-        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        now = self.clock()
+        code = int(state) if state else None
+        # _records_with relies on this form: compact separators, members t, s, m first
+        if (
+            claim is not None
+            and retry is None
+            and progress is None
+            and restart is None
+            and type(message) is str
+            and type(claim.server) is str
+            and type(claim.attempt) is int
+            and math.isfinite(now)
+        ):
+            # a holder's state change or note, the common line: what _JOURNAL_LINE.encode gives for it
+            # (float and int repr, JSON strings), written out, at a fraction of the cost
+            field = "null" if code is None else code
+            text, srv = _json_string(message), _json_string(claim.server)
+            line = f'{{"t":{now!r},"s":{field},"m":{text},"srv":{srv},"att":{claim.attempt}}}\n'.encode()
+        else:
+            entry: dict[str, Any] = {"t": now, "s": code, "m": message}
+            if retry is not None:
+                entry["retry"] = retry
+            if claim is not None:
+                entry["srv"], entry["att"] = claim.server, claim.attempt
+            elif attempt is not None:
+                entry["att"] = attempt
+            if progress is not None:
+                entry["p"] = progress
+            if restart is not None:
+                entry["restart"] = restart
+            line = _JOURNAL_LINE.encode(entry).encode() + b"\n"
         for attempt in range(fsio.SETTLE_TRIES):
             try:
                 # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
@@ -1560,13 +1660,13 @@ class Spool:
                 fd = fsio.open_in(path, "journal", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
                 break
             except NotADirectoryError:
-                raise ClaimLost(f"task {claim or path.name} was taken away; this change is discarded") from None
+                raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
             except OSError as exc:
                 if fsio.settling(exc, path, attempt):  # GlusterFS, just after a rename
                     continue
                 if exc.errno in (errno.ENOENT, errno.ESTALE):
-                    raise ClaimLost(f"task {claim or path.name} was taken away; this change is discarded") from None
-                fsio.reraise(exc, f"cannot record a change of task {path.name} in the spool at {self}")
+                    raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
+                fsio.reraise(exc, f"cannot record a change of task {_name(path)} in the spool at {self}")
         try:
             written = os.write(fd, line)
             if written < len(line):  # the file system filled up within the line
@@ -1577,37 +1677,33 @@ class Spool:
             if self.durable:
                 os.fsync(fd)
         except OSError as exc:
-            fsio.reraise(exc, f"cannot record a change of task {path.name} in the spool at {self}")
+            fsio.reraise(exc, f"cannot record a change of task {_name(path)} in the spool at {self}")
         finally:
             os.close(fd)
 
-    def _journal(self, path: Path) -> list[LogRecord]:
+    def _journal(self, path: fsio.PathArg) -> list[LogRecord]:
         try:
-            with open(path / "journal", "rb", opener=fsio.nofollow) as f:
-                lines = f.read().splitlines()
+            data = fsio.read_file(f"{os.fspath(path)}/journal")
         except (FileNotFoundError, NotADirectoryError):
             return []
         except OSError as exc:
             return [LogRecord(time.time(), None, f"journal unreadable: {exc}")]
-        out = []
-        for raw in lines:
-            try:
-                e = json.loads(raw)
-                out.append(
-                    LogRecord(
-                        float(e["t"]),
-                        State(e["s"]) if e.get("s") is not None else None,
-                        str(e.get("m", "")),
-                        e.get("srv"),
-                        e.get("att"),
-                        float(e["p"]) if e.get("p") is not None else None,
-                        e.get("restart"),
-                        e.get("retry"),
-                    )
-                )
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn or foreign line is skipped, never trusted
-        return out
+        return _parse_journal(data)
+
+    @staticmethod
+    def _journal_data(path: str) -> bytes:
+        """The raw journal of task directory ``path``; empty if there is none or it cannot be read.
+
+        (:meth:`_journal` would give no record with a state either way.)
+        """
+        try:
+            return fsio.read_file(f"{path}/journal")
+        except OSError:
+            return b""
+
+    def _attempts(self, path: str) -> int:
+        """How often the task in directory ``path`` was claimed: its SCHEDULED records."""
+        return _count_state(self._journal_data(path), State.SCHEDULED)
 
     def _emit(self, name: str, **info: Any) -> None:
         if self.on_event is None:
@@ -1669,10 +1765,92 @@ def _is_key(text: str) -> bool:
     return True
 
 
-def _check_claim(claim: Claim) -> None:
-    """A claim names paths: refuse one whose server or key could lead out of the spool.
+#: what every task record holds
+_RECORD_KEYS = frozenset(("type", "id", "input", "enqueued"))
 
-    :raises ValueError:
+#: where a claim's task may be held, in the order _claim_path looks
+_HELD = (State.RUNNING, State.SCHEDULED)
+_HELD_SCHEDULED_FIRST = (State.SCHEDULED, State.RUNNING)
+
+#: how Spool._append writes a journal line (one encoder: json.dumps with options builds one per call)
+_JOURNAL_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: a str as _JOURNAL_LINE writes it (ensure_ascii=False)
+_json_string: Callable[[str], str] = json.encoder.encode_basestring
+
+#: the bytes a journal line holds if its state is S (see _records_with)
+_STATE_FIELD = {state: b'"s":%d' % state for state in State}
+_TERMINAL_FIELDS = tuple(field for state, field in _STATE_FIELD.items() if state.terminal)
+
+
+def _name(path: fsio.PathArg) -> str:
+    return os.path.basename(path)
+
+
+def _parse_line(raw: bytes) -> LogRecord | None:
+    """One journal line as a record; None for a torn or foreign line, which is skipped, never trusted."""
+    try:
+        e = json.loads(raw)
+        return LogRecord(
+            float(e["t"]),
+            State(e["s"]) if e.get("s") is not None else None,
+            str(e.get("m", "")),
+            e.get("srv"),
+            e.get("att"),
+            float(e["p"]) if e.get("p") is not None else None,
+            e.get("restart"),
+            e.get("retry"),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _parse_journal(data: bytes) -> list[LogRecord]:
+    return [r for r in map(_parse_line, data.splitlines()) if r is not None]
+
+
+def _records_with(data: bytes, field: bytes) -> list[LogRecord]:
+    """The records on the lines of a raw journal that hold ``field``; no other line is parsed.
+
+    Every journal line is written by Spool._append with separators (",", ":"), so a record of state S
+    holds the bytes "s":S -- which can occur nowhere else: inside a JSON string a quote is always
+    escaped, so "s": is always the member s itself. Each line found is parsed as :func:`_parse_journal`
+    parses it, so a torn, glued or damaged line is skipped here too: the result is that of a full parse
+    (only a line written by something else, with a space after "s", would be missed).
     """
-    validate_id(claim.server, "server id")
-    parse_key(claim.key)
+    out = []
+    at = data.find(field)
+    while at >= 0:
+        start = data.rfind(b"\n", 0, at) + 1
+        end = data.find(b"\n", at)
+        if end < 0:
+            end = len(data)
+        for raw in data[start:end].splitlines():  # as _parse_journal splits, should a line hold a \r
+            rec = _parse_line(raw)
+            if rec is not None:
+                out.append(rec)
+        at = data.find(field, end)
+    return out
+
+
+def _count_state(data: bytes, state: State) -> int:
+    """The number of records of ``state`` in a raw journal: the attempt number, for SCHEDULED."""
+    return sum(1 for r in _records_with(data, _STATE_FIELD[state]) if r.state is state)
+
+
+def _last_end(data: bytes) -> LogRecord | None:
+    """The last record of a raw journal that ended its task (FINISHED or FAILED), if any.
+
+    Only lines holding a terminal state are parsed, from the end (see :func:`_records_with`).
+    """
+    end = len(data)
+    while True:
+        at = max(data.rfind(field, 0, end) for field in _TERMINAL_FIELDS)
+        if at < 0:
+            return None
+        start = data.rfind(b"\n", 0, at) + 1
+        stop = data.find(b"\n", at)
+        for raw in reversed(data[start : len(data) if stop < 0 else stop].splitlines()):
+            rec = _parse_line(raw)
+            if rec is not None and rec.state is not None and rec.state.terminal:
+                return rec
+        end = start  # a torn or damaged line: look further back

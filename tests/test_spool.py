@@ -5,6 +5,7 @@ Every test works on real files in ``tmp_path``; nothing of the file system is mo
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import time
@@ -930,3 +931,50 @@ def test_a_durable_spool_runs_the_whole_task_cycle(tmp_path: Path) -> None:
     assert spool.durable
     assert spool.status("E", "a") is State.FINISHED and spool.response("E", "a") == ("ok", "text/plain")
     assert spool.status("E", "later") is State.ENQUEUED
+
+
+def test_a_message_that_looks_like_a_state_record_counts_as_none(spool: Spool, T: str) -> None:
+    """Attempts and ends are counted from the journal's raw bytes: text in a message must never count."""
+    spool.enqueue(T, "Task001", None, '"s":2, {"t":1,"s":5,"m":"x"}')
+    (claim,) = spool.claim(SERVER, message='"s":2,"s":2,')
+    spool.note(claim, '{"t":1.0,"s":2,"m":"fake"}\n{"t":1.0,"s":6,"m":"fake","srv":"atpd-test","att":1}')
+    spool.start(claim, '"s":5,')
+    assert spool.ended(claim) is None
+    spool.finish(claim, '"s":2,"s":6,')
+    assert spool.ended(claim) is State.FINISHED
+    assert spool.info(T, "Task001").attempts == claim.attempt == 1
+    with pytest.raises(ClaimLost, match="already ended"):
+        spool.fail(claim)
+
+
+@given(
+    entries=st.lists(
+        st.tuples(st.sampled_from([None, *State]), st.text(max_size=12), st.sampled_from(["s", 'x"s":2,', '{"t":'])),
+        min_size=1,
+        max_size=6,
+    ),
+    cut=st.integers(min_value=0, max_value=400),
+    cut2=st.integers(min_value=0, max_value=400),
+)
+def test_journal_counts_from_raw_bytes_agree_with_parsing_every_line(
+    tmp_path_factory: pytest.TempPathFactory, entries: list[tuple[State | None, str, str]], cut: int, cut2: int
+) -> None:
+    """Attempts and ends are read from the journal's raw bytes, parsing only the lines that can matter."""
+    from spoolatp.format import Claim
+    from spoolatp.spool import _count_state, _last_end, _parse_journal
+
+    spool = Spool(tmp_path_factory.mktemp("journal") / "spool")
+    task = spool.path / "tmp" / "task"
+    task.mkdir()
+    for n, (state, message, server) in enumerate(entries):
+        spool._append(task, state, message, Claim(str(spool.path), server, "k", n))
+    data = (task / "journal").read_bytes()
+    for line in data.splitlines():  # written as json.dumps writes it, which the raw reading relies on
+        assert line == json.dumps(json.loads(line), ensure_ascii=False, separators=(",", ":")).encode()
+    # whole; torn at the end (a crash mid-write); torn with the next line glued on; damaged in the middle
+    for journal in (data, data[:cut], data[:cut] + data, data[:cut] + data[cut2:]):
+        records = _parse_journal(journal)
+        for state in State:
+            assert _count_state(journal, state) == sum(1 for r in records if r.state is state)
+        ends = [r for r in records if r.state is not None and r.state.terminal]
+        assert _last_end(journal) == (ends[-1] if ends else None)
