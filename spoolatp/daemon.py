@@ -1,13 +1,22 @@
 """The ATP daemon: observer -> wake-up -> worker pool -> sweep, until told to stop.
 
-One main process and ``workers`` worker processes. The main process alone
-claims tasks and hands each claim to an idle worker over a pipe; a worker
-runs the guide's consumer body (start, handler, finish) and reports back. So
-the main process always knows which attempt runs where and since when, and
-can kill a worker whose attempt ran past its type's timeout before it gives
-the task back: a re-enqueue never overlaps a still-running attempt of this
-daemon. A handler that crashes, leaks or calls ``os._exit`` takes down only
-its worker, which is replaced.
+One main process and ``workers`` worker processes. Each worker claims its
+own tasks and runs the guide's consumer body (claim, start, handler, finish)
+one task after another until the queue is empty, so no task waits for the
+main process. Before a task starts, its worker tells the main process which
+attempt it holds and its timeout ("hold"), and after it how it ended
+("done"). So the main process always knows which attempt runs where and
+since when, and can kill a worker whose attempt ran past its type's timeout
+before it gives the task back: a re-enqueue never overlaps a still-running
+attempt of this daemon. A handler that crashes, leaks or calls ``os._exit``
+takes down only its worker, which is replaced. A worker killed between its
+claim and its "hold" leaves a task the main process does not know about:
+the main process gives back whatever this server id still holds when it
+stops, and any daemon's sweep takes it back once its timeout passed.
+
+The main process watches and wakes: when the queue was empty, idle workers
+wait for its "go", sent to one worker at a time (a worker that finds a task
+wakes the next), so an idle daemon lists the queue once per wake-up.
 
 Wake-up: a watchdog observer on ``enqueued/`` and ``drop/`` only writes a
 byte to a pipe the main loop waits on (no task runs on the observer thread).
@@ -19,6 +28,8 @@ daemon polls instead.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -27,6 +38,7 @@ import random
 import signal
 import socket
 import stat
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -151,26 +163,114 @@ def trust_warnings(spool: Spool) -> list[str]:
 # --------------------------------------------------------------------------- workers
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, spool_path: str, key_file: str | None = None) -> None:
-    """Run claims sent by the main process until it sends None or goes away."""
+def _worker_main(
+    conn: multiprocessing.connection.Connection,
+    spool_path: str,
+    server: str,
+    key_file: str | None = None,
+    max_tasks: int | None = None,
+) -> None:
+    """Claim and run tasks until the queue is empty, then wait for the main process to say "go" (or stop).
+
+    Messages to the main process: ``("hold", claim, timeout)`` right after a
+    claim and before its task starts (so the main process can enforce the
+    timeout and give the task back if this worker dies), ``("done", outcome,
+    detail)`` after it, ``("idle",)`` when nothing waits that this host can
+    run, ``("cannot", type_id, handler)`` once per type whose handler is not
+    installed. From the main process: ``"go"`` (look again) or ``None`` (stop).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
     if key_file is not None:
         os.environ[KEY_ENV] = key_file  # so the tracker's spools (a handler's TaskStatus) sign with it too
     spool = Spool(spool_path, on_event=plugins.notify)
-    while True:
+    accept = _Acceptor(spool, conn)
+    serial = ClaimLock(spool, server)
+    done = 0
+    try:
+        while max_tasks is None or done < max_tasks:
+            if conn.poll():  # a stop (or a redundant "go") sent while this worker was busy
+                if conn.recv() is None:
+                    return
+            try:
+                claim = spool.claim(server, accept=accept, serial=serial)[0]
+            except QueueEmpty:
+                claim = None
+            except OSError as exc:  # a full, read-only or unreachable spool: the main loop wakes us again
+                conn.send(("idle", f"could not claim from {spool.path}: {exc} (will retry)"))
+                claim = None
+            if claim is None:
+                conn.send(("idle",))
+                if conn.recv() is None:
+                    return
+                continue
+            try:
+                timeout = spool.get_type(claim.type_id).timeout
+            except UnknownTaskType:
+                timeout = 3600.0
+            conn.send(("hold", claim, timeout))
+            try:
+                outcome, detail = run_claim(spool, claim)
+            except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
+                outcome, detail = "unrecorded", f"{exc}; the task is given back when its timeout has passed"
+            if outcome == "unrunnable":
+                accept.unrunnable.add(claim.type_id)
+            conn.send(("done", outcome, detail))
+            done += 1
+    except (EOFError, OSError):  # the main process went away
+        return
+
+
+class ClaimLock:
+    """The lock that serializes the claim renames of the workers sharing a server id, on this host's disk.
+
+    A claim renames ``enqueued/KEY`` into ``scheduled/SERVER/``. When a network
+    file system answers that rename with ENOENT, the task being in
+    ``scheduled/SERVER/`` proves the rename was this process's only if no
+    other process of the same server id put it there (see ``Spool.claim``).
+    It is a host-local singleton: ``flock`` on a file in the local temporary
+    directory, which the kernel releases when a holder dies, even by
+    ``kill -9`` (it does not work across hosts on sshfs, and need not: a
+    server id is one daemon on one host). The file stays open, so a claim
+    costs two ``flock`` calls (filelock's ``FileLock`` opens and closes its
+    file on every acquire: about 0.3 ms, as much as the rest of a claim).
+    """
+
+    def __init__(self, spool: Spool, server: str) -> None:
+        real = os.path.realpath(spool.path).encode()
+        folder = os.path.join(tempfile.gettempdir(), f"spoolatp-{os.getuid()}")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        name = f"{hashlib.sha256(real).hexdigest()[:16]}-{hashlib.sha256(server.encode()).hexdigest()[:16]}.lock"
+        self.path = os.path.join(folder, name)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+
+    def __enter__(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+class _Acceptor:
+    """``accept`` for a worker's claims: only types whose handler is installed on this host."""
+
+    def __init__(self, spool: Spool, conn: multiprocessing.connection.Connection) -> None:
+        self.spool, self.conn = spool, conn
+        self.unrunnable: set[str] = set()
+
+    def __call__(self, type_id: str) -> bool:
+        if type_id in self.unrunnable:
+            return False
         try:
-            claim = conn.recv()
-        except (EOFError, OSError):
-            return
-        if claim is None:
-            return
-        try:
-            result = run_claim(spool, claim)
-        except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
-            result = ("unrecorded", f"{exc}; the task is given back when its timeout has passed")
-        conn.send(result)
+            handler = self.spool.get_type(type_id).handler
+        except (UnknownTaskType, ValueError):
+            return False
+        if plugins.can_run(handler):
+            return True
+        self.unrunnable.add(type_id)  # told once; the main process says so once per daemon
+        self.conn.send(("cannot", type_id, handler))
+        return False
 
 
 def _die_with_parent() -> None:
@@ -206,13 +306,16 @@ def run_claim(spool: Spool, claim: Claim) -> tuple[str, str]:
             spool.abandon(claim, f"not runnable on {socket.gethostname()}: {exc}", count=False)
             return "unrunnable", claim.type_id
         handler(status, inputs)
+        if status.ended is not None:  # the handler ended it itself (setSuccess / setFailure)
+            return status.ended.name, ""
         who = spool.cancel_requested(claim)
         if who is not None and spool.ended(claim) is None:
             spool.fail(claim, f"cancelled by {who}; the handler stopped when asked")
-        else:
-            spool.finish_if_not_done(claim)
+        elif spool.finish_if_not_done(claim):
+            return State.FINISHED.name, ""
     except ClaimLost as exc:
-        return "lost", str(exc)
+        ended = spool.ended(claim)  # ended through another handle of the guide's API, or really taken away
+        return (ended.name, "") if ended is not None else ("lost", str(exc))
     except CorruptTaskFile as exc:
         return "corrupt", str(exc)
     except Retry as exc:
@@ -246,7 +349,8 @@ def _after_failure(spool: Spool, claim: Claim, detail: str, delay: float | None,
 class _Worker:
     process: BaseProcess
     conn: multiprocessing.connection.Connection
-    claim: Claim | None = None
+    claim: Claim | None = None  # what it said it holds ("hold"), until it says "done"
+    idle: bool = False  # it found nothing to run and waits for "go"
     started: float = 0.0
     deadline: float = float("inf")
     done: int = 0
@@ -390,8 +494,9 @@ class Daemon:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._drop_due = False
-        self._unrunnable: set[str] = set()
         self._reported: set[str] = set()
+        self._holds = 0  # claims the workers reported
+        self._rewake = False  # an arrival rang while a worker was looking: wake one again when it answers
         self._started = time.time()
 
     def _info(self, msg: str, *args: Any) -> None:
@@ -493,6 +598,7 @@ class Daemon:
         next_cancel_check = 0.0
         want_claim = True
         drain_until: float | None = None
+        burst_holds = -1
         while True:
             now = time.monotonic()
             if self._stop >= 2:
@@ -500,7 +606,10 @@ class Daemon:
             if self._stop == 1 and drain_until is None:
                 drain_until = now + self.grace
                 self._info("stopping: no new claims; %d running tasks get %g s to finish", self._busy(), self.grace)
-            if drain_until is not None and (not self._busy() or now >= drain_until):
+                for w in self._pool:  # each worker stops after its current task; an idle one at once
+                    with contextlib.suppress(OSError):
+                        w.conn.send(None)
+            if drain_until is not None and (not self._pool or now >= drain_until):
                 return
             if now >= next_sweep:
                 self._sweep()
@@ -528,11 +637,13 @@ class Daemon:
                 self._check_cancels(now)
                 next_cancel_check = now + min(0.25, rescan)
             if want_claim and not self._stop:
-                want_claim = self._dispatch()
-            if self.burst and not want_claim and not self._busy():
-                self._sweep()
-                if not self._dispatch() and not self._busy():
+                want_claim = self._wake_one()
+            if self.burst and not self._stop and self._all_idle():
+                if self._holds == burst_holds:  # every worker found the queue empty after the last sweep
                     return
+                burst_holds = self._holds
+                self._sweep()
+                want_claim = self._wake_one()
             deadline = min(
                 [min(w.deadline, w.kill_at) for w in self._pool]
                 + [next_sweep, next_beat, next_scan]
@@ -553,50 +664,36 @@ class Daemon:
                 if w.conn in ready:
                     want_claim |= self._collect(w)
                 if w.process.sentinel in ready and w in self._pool:
+                    while self._collect(w):  # what it said before it went: a "hold" whose task it leaves behind
+                        pass
                     self._bury(w)
-                    want_claim = True
             self._enforce_timeouts()
 
     # ------------------------------------------------------------------ claiming
 
-    def _accept(self, type_id: str) -> bool:
-        if type_id in self._unrunnable:
-            return False
-        try:
-            handler = self.spool.get_type(type_id).handler
-        except (UnknownTaskType, ValueError):
-            return False
-        if plugins.can_run(handler):
-            return True
-        if type_id not in self._reported:
-            self._reported.add(type_id)
-            self._warn("tasks of type %r wait: no handler %r is installed on this host", type_id, handler)
-        return False
+    def _wake_one(self) -> bool:
+        """Send "go" to one idle worker (it claims what it finds); return whether one should still be woken.
 
-    def _dispatch(self) -> bool:
-        """Claim a task for each idle worker; return whether more may be waiting."""
-        idle = [w for w in self._pool if w.claim is None and w.process.is_alive()]
-        if not idle:
-            return True
-        try:
-            claims = self.spool.claim(self.server_id, accept=self._accept, limit=len(idle))
-        except QueueEmpty:
+        Waking one worker at a time keeps an idle daemon to one listing of the
+        queue per wake-up; a worker that finds a task says "hold", and that
+        wakes the next one (see :meth:`_collect`), so a burst of arrivals still
+        reaches every worker within a few milliseconds.
+        """
+        if any(w.claim is None and not w.idle for w in self._pool):
+            self._rewake = True  # a worker is looking already, maybe at a listing older than this arrival
             return False
-        except OSError as exc:
-            self._warn("could not claim from %s: %s (will retry)", self.spool.path, exc)
-            return False
-        for w, claim in zip(idle, claims, strict=False):  # fewer claims than idle workers
-            try:
-                timeout = self.spool.get_type(claim.type_id).timeout
-            except UnknownTaskType:
-                timeout = 3600.0
-            w.claim, w.started = claim, time.monotonic()
-            w.deadline = w.started + timeout
-            try:
-                w.conn.send(claim)
-            except OSError:  # the worker died between the check and the send; its sentinel says so
-                pass
-        return len(claims) == len(idle)
+        for w in self._pool:
+            if w.idle:
+                w.idle = False
+                try:
+                    w.conn.send("go")
+                except OSError:  # it died meanwhile: its sentinel says so
+                    continue
+                return False
+        return False  # all busy: each claims the next task itself when it is done
+
+    def _all_idle(self) -> bool:
+        return bool(self._pool) and all(w.idle for w in self._pool)
 
     def _busy(self) -> int:
         return sum(1 for w in self._pool if w.claim is not None)
@@ -607,7 +704,7 @@ class Daemon:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child, str(self.spool.path), self._key_file),
+            args=(child, str(self.spool.path), self.server_id, self._key_file, self.max_tasks_per_worker),
             name=f"spoolatp-worker-{self.server_id}",
             daemon=True,
         )
@@ -616,28 +713,46 @@ class Daemon:
         self._pool.append(_Worker(process, parent))
 
     def _collect(self, w: _Worker) -> bool:
-        try:
-            outcome, detail = w.conn.recv()
-        except (EOFError, OSError):
-            return False  # the worker died; its sentinel will tell
+        """Read what a worker said; return True if another idle worker should look for work too."""
+        wake = False
+        while True:
+            try:
+                if not w.conn.poll():
+                    return wake
+                msg = w.conn.recv()
+            except (EOFError, OSError):
+                return wake  # the worker died; its sentinel will tell
+            if msg[0] == "hold":
+                w.claim, timeout = msg[1], msg[2]
+                w.idle, w.started = False, time.monotonic()
+                w.deadline = w.started + timeout
+                self._holds += 1
+                wake = True  # it found work: there may be more
+            elif msg[0] == "done":
+                self._done(w, msg[1], msg[2])
+            elif msg[0] == "idle":
+                w.idle = True
+                if len(msg) > 1:
+                    self._warn("%s", msg[1])
+                wake = wake or self._rewake
+                self._rewake = False
+            elif msg[0] == "cannot" and msg[1] not in self._reported:
+                self._reported.add(msg[1])
+                self._warn("tasks of type %r wait: no handler %r is installed on this host", msg[1], msg[2])
+
+    def _done(self, w: _Worker, outcome: str, detail: str) -> None:
         claim, w.claim, w.deadline = w.claim, None, float("inf")
         w.cancel_by, w.kill_at = None, float("inf")
         w.done += 1
-        if claim is not None:
-            took = time.monotonic() - w.started
-            if outcome == "unrunnable":
-                self._unrunnable.add(detail)
-                self._warn("type %r cannot run here (handler not found); task %s given back", detail, claim)
-            elif outcome == "lost":
-                self._warn("task %s: result discarded, the claim was taken away (%s)", claim, detail)
-            else:
-                self._info(
-                    "task %s/%s attempt %d %s in %.3f s", claim.type_id, claim.task_id, claim.attempt, outcome, took
-                )
-        if self.max_tasks_per_worker and w.done >= self.max_tasks_per_worker:
-            self._retire(w)
-            self._spawn()
-        return True
+        if claim is None:
+            return
+        took = time.monotonic() - w.started
+        if outcome == "unrunnable":
+            self._warn("type %r cannot run here (handler not found); task %s given back", claim.type_id, claim)
+        elif outcome == "lost":
+            self._warn("task %s: result discarded, the claim was taken away (%s)", claim, detail)
+        else:
+            self._info("task %s/%s attempt %d %s in %.3f s", claim.type_id, claim.task_id, claim.attempt, outcome, took)
 
     def _retire(self, w: _Worker) -> None:
         with contextlib.suppress(OSError):
@@ -650,7 +765,7 @@ class Daemon:
         self._pool.remove(w)
 
     def _bury(self, w: _Worker) -> None:
-        """A worker died: fail the attempt it was running, and replace it."""
+        """A worker exited: after its ``max_tasks_per_worker``, or it died; fail the attempt it was running."""
         w.process.join(timeout=1)
         self._pool.remove(w)
         w.conn.close()
@@ -666,6 +781,9 @@ class Daemon:
                 pass
             except OSError as exc:
                 self._warn("task %s: could not record the worker's death: %s", claim, exc)
+        elif code != 0 and not self._stop:
+            # it died between a claim and its "hold": that task is taken back when its timeout passes
+            self._warn("worker %s %s between tasks", w.process.pid, cause)
         if not self._stop:
             self._spawn()
 
@@ -717,6 +835,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         for w in list(self._pool):
+            self._collect(w)  # a "hold" not read yet is a task this worker runs
             if w.claim is not None:
                 w.process.kill()
                 w.process.join()
@@ -726,6 +845,13 @@ class Daemon:
                 w.claim = None
         for w in list(self._pool):
             self._retire(w)
+        try:
+            # every worker is gone: a task still held by this server id was claimed by one that was killed
+            # before it said so; it goes back without counting a restart
+            for t, i, st in self.spool.recover(self.server_id, f"daemon {self.server_id} stopped", count=False):
+                self._info("task %s/%s given back to the queue: %s", t, i, st.name)
+        except OSError as exc:
+            self._warn("could not give back the tasks of stopped workers: %s (their timeout will)", exc)
         with contextlib.suppress(OSError):
             self._beat(stopped=True)
 

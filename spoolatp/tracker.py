@@ -151,6 +151,8 @@ class TaskStatus:
     def __init__(self, taskHandle: Claim) -> None:
         self.handle = taskHandle
         self._spool = _spool_of(taskHandle)
+        #: the terminal state this object gave the task, if any (the daemon then need not look)
+        self.ended: State | None = None
 
     def setSuccess(self, message: str = "") -> None:
         """End the task as FINISHED (a later terminal call only adds to the log)."""
@@ -164,6 +166,7 @@ class TaskStatus:
         ended = self._spool.ended(self.handle)
         if ended is None:
             (self._spool.finish if state is State.FINISHED else self._spool.fail)(self.handle, message)
+            self.ended = state
         else:  # the guide's handler may call setFailure once per bad value: keep the first end
             self._spool.note(self.handle, f"{message} (task already {ended.name})".strip())
 

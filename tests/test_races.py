@@ -80,6 +80,56 @@ def test_eight_processes_dequeue_five_thousand_tasks_each_exactly_once(spool: Sp
     assert (sample.state, sample.attempts) == (State.FINISHED, 1)
 
 
+def drain_shared(spool_path: str, out: str, go: Any) -> None:
+    from spoolatp.daemon import ClaimLock
+
+    spool = Spool(spool_path)
+    lock = ClaimLock(spool, "shared")
+    claimed = []
+    go.wait()
+    while True:
+        try:
+            (claim,) = spool.claim("shared", serial=lock)
+        except QueueEmpty:
+            break
+        claimed.append(claim.key)
+        spool.start(claim)
+        spool.finish(claim)
+    Path(out).write_text("\n".join(claimed))
+
+
+@pytest.mark.timeout(180)
+def test_processes_sharing_a_server_id_dequeue_each_task_exactly_once(spool: Spool, tmp_path: Path) -> None:
+    # a daemon's workers claim into one scheduled/SERVER/: their stale listings keep offering tasks a sibling
+    # has just claimed, whose rename then fails with ENOENT while the task sits in the shared directory
+    spool.register_type("T", "h")
+    keys = {spool.enqueue("T", f"task{n:04d}", n) for n in range(2000)}
+    go = ctx.Event()
+    outs = [tmp_path / f"claims-{n}.txt" for n in range(4)]
+    procs = start_all(drain_shared, [(str(spool.path), str(out), go) for out in outs])
+    go.set()
+    join_all(procs, timeout=150)
+    claims = Counter(k for out in outs for k in out.read_text().split("\n") if k)
+    assert set(claims) == keys and [k for k, n in claims.items() if n > 1] == []
+    assert spool.counts()["FINISHED"] == 2000
+
+
+def test_a_stale_listing_does_not_claim_what_a_sibling_of_the_same_server_holds(spool: Spool) -> None:
+    from spoolatp.daemon import ClaimLock
+
+    spool.register_type("T", "h")
+    for n in range(3):
+        spool.enqueue("T", f"t{n}", n)
+    a, b = Spool(spool.path), Spool(spool.path)
+    first = b.claim("shared", serial=ClaimLock(b, "shared"))[0]  # b's listing now offers t1 and t2
+    taken = a.claim("shared", serial=ClaimLock(a, "shared"))[0]  # a takes t1 behind b's back
+    second = b.claim("shared", serial=ClaimLock(b, "shared"))[0]
+    assert (first.task_id, taken.task_id, second.task_id) == ("t0", "t1", "t2")
+    with pytest.raises(QueueEmpty):
+        b.claim("shared", serial=ClaimLock(b, "shared"))
+    assert [r.attempt for r in spool.log("T", "t1") if r.state is State.SCHEDULED] == [1]
+
+
 # --------------------------------------------------------------------------- one winner per (type, id)
 
 
@@ -312,9 +362,17 @@ def test_deleting_tasks_while_a_consumer_runs_them_fails_neither_side(spool: Spo
     running, out = ctx.Event(), tmp_path / "consumer.json"
     procs = start_all(run_and_count_losses, [(str(spool.path), running, str(out))])
     running.wait(30)
+    deleted: set[str] = set()
     try:
+        # first the tasks the consumer holds (listed as SCHEDULED or RUNNING), while it runs; then the rest
+        while procs[0].is_alive() and len(deleted) < count:
+            for info in [*spool.tasks(State.SCHEDULED), *spool.tasks(State.RUNNING)]:
+                if info.task_id not in deleted:  # a task that moved on between the two listings is in both
+                    spool.delete(info.type_id, info.task_id)
+                    deleted.add(info.task_id)
         for n in range(count):
-            spool.delete("T", f"t{n}")
+            if f"t{n}" not in deleted:
+                spool.delete("T", f"t{n}")
     finally:
         join_all(procs)
     finished, lost = json.loads(out.read_text())
