@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import logging
 import multiprocessing
@@ -63,7 +64,7 @@ from spoolatp.errors import (
     UnknownTaskType,
 )
 from spoolatp.format import KEY_ENV, SPOOL_DIRS, Claim, State, validate_id
-from spoolatp.spool import Spool
+from spoolatp.spool import Spool, set_lease
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def _worker_main(
     conn: multiprocessing.connection.Connection,
     spool_path: str,
     server: str,
+    lease: Any,
     key_file: str | None = None,
     max_tasks: int | None = None,
 ) -> None:
@@ -178,6 +180,9 @@ def _worker_main(
     detail)`` after it, ``("idle",)`` when nothing waits that this host can
     run, ``("cannot", type_id, handler)`` once per type whose handler is not
     installed. From the main process: ``"go"`` (look again) or ``None`` (stop).
+
+    ``lease`` is shared with the main process (see :class:`Lease`): no claim
+    while it has lapsed, and no end of an attempt claimed before it lapsed.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -193,6 +198,12 @@ def _worker_main(
             if conn.poll():  # a stop (or a redundant "go") sent while this worker was busy
                 if conn.recv() is None:
                     return
+            if not Lease.valid(lease):  # presumed dead elsewhere, maybe: wait until the main process beats again
+                conn.send(("idle",))
+                if conn.recv() is None:
+                    return
+                continue
+            epoch = lease[1]
             try:
                 claim = spool.claim(server, accept=accept, serial=serial)[0]
             except QueueEmpty:
@@ -210,16 +221,45 @@ def _worker_main(
             except UnknownTaskType:
                 timeout = 3600.0
             conn.send(("hold", claim, timeout))
+            set_lease(functools.partial(Lease.holds, lease, epoch))
             try:
                 outcome, detail = run_claim(spool, claim)
             except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
-                outcome, detail = "unrecorded", f"{exc}; the task is given back when its timeout has passed"
+                outcome, detail = "unrecorded", f"{exc}; the task is given back"
             if outcome == "unrunnable":
                 accept.unrunnable.add(claim.type_id)
             conn.send(("done", outcome, detail))
             done += 1
     except (EOFError, OSError):  # the main process went away
         return
+
+
+class Lease:
+    """The main process's proof to its workers that this daemon is not presumed dead: two shared doubles.
+
+    ``[0]``: until when (``time.monotonic()``, one clock for every process of
+    the host) the lease holds: the start of the last heartbeat written plus
+    :data:`LEASE_SHARE` of ``dead_after``, before any other daemon may judge
+    the heartbeat stale. ``[1]``: an epoch, raised when a heartbeat is written
+    after the lease had lapsed. A worker claims only under a valid lease and
+    ends an attempt only while the lease of its claim's epoch still holds, so
+    a host that comes back from a partition never claims before its heartbeat
+    is fresh again, nor finishes a task another host may have taken over.
+    """
+
+    @staticmethod
+    def valid(lease: Any) -> bool:
+        return bool(lease[0] > time.monotonic())
+
+    @staticmethod
+    def holds(lease: Any, epoch: float) -> bool:
+        # the main process raises the epoch before it extends the lease: read the lease first, then the epoch
+        valid = lease[0] > time.monotonic()
+        return bool(valid and lease[1] == epoch)
+
+
+#: the share of ``dead_after`` a heartbeat's lease lasts: other hosts wait all of it, from the file's mtime
+LEASE_SHARE = 0.6
 
 
 class ClaimLock:
@@ -496,6 +536,7 @@ class Daemon:
         self._drop_due = False
         self._reported: set[str] = set()
         self._holds = 0  # claims the workers reported
+        self._lease = self._ctx.RawArray("d", 2)  # see Lease
         self._rewake = False  # an arrival rang while a worker was looking: wake one again when it answers
         self._started = time.time()
 
@@ -576,6 +617,7 @@ class Daemon:
                     self._info("task %s/%s left by an earlier run of this server: %s", t, i, st.name)
             except OSError as exc:  # a full or read-only spool: they are reaped as zombies once it recovers
                 self._warn("could not take back tasks of an earlier run: %s (their timeout will)", exc)
+            self._beat()  # the workers' first lease
             for _ in range(self.workers):
                 self._spawn()
             self._loop(poll)
@@ -620,7 +662,7 @@ class Daemon:
                 self._ingest()
                 want_claim = True
             if now >= next_beat:
-                self._beat()
+                want_claim |= self._beat()  # after a lapse, idle workers wait for this
                 next_beat = now + self.heartbeat
             if now >= next_scan:
                 want_claim = self._delayed_changed = True
@@ -704,7 +746,7 @@ class Daemon:
         parent, child = self._ctx.Pipe()
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child, str(self.spool.path), self.server_id, self._key_file, self.max_tasks_per_worker),
+            args=(child, str(self.spool.path), self.server_id, self._lease, self._key_file, self.max_tasks_per_worker),
             name=f"spoolatp-worker-{self.server_id}",
             daemon=True,
         )
@@ -751,8 +793,30 @@ class Daemon:
             self._warn("type %r cannot run here (handler not found); task %s given back", claim.type_id, claim)
         elif outcome == "lost":
             self._warn("task %s: result discarded, the claim was taken away (%s)", claim, detail)
+            self._give_back(claim, f"claim lost after an error: {detail}")
+        elif outcome == "unrecorded":
+            self._warn("task %s: %s", claim, detail)
+            self._give_back(claim, f"its end could not be recorded: {detail}")
         else:
             self._info("task %s/%s attempt %d %s in %.3f s", claim.type_id, claim.task_id, claim.attempt, outcome, took)
+
+    def _give_back(self, claim: Claim, reason: str) -> None:
+        """A worker lost track of its claim: if the task still sits in this server's directories, re-enqueue it.
+
+        A network file system's false error (GlusterFS: ESTALE on a directory this host just renamed, for
+        seconds) makes a worker believe its task was taken away while it is still in running/ or
+        scheduled/ here, where nobody would look at it before its timeout. Only this process knows
+        that no other worker runs another attempt of the same task, so it decides here.
+        """
+        if any(w.claim is not None and w.claim.key == claim.key for w in self._pool):
+            return  # a later attempt of this task runs here: the directory is that attempt's
+        try:
+            end = self.spool.give_back(claim, f"{reason}; given back by {self.server_id}")
+        except (OSError, SpoolError) as exc:  # its timeout gives it back later
+            self._warn("task %s: could not give it back: %s", claim, exc)
+            return
+        if end is not None:
+            self._warn("task %s was still held here after its claim was lost: given back, now %s", claim, end.name)
 
     def _retire(self, w: _Worker) -> None:
         with contextlib.suppress(OSError):
@@ -778,7 +842,7 @@ class Daemon:
                     self.spool.fail(claim, f"worker process {w.process.pid} {cause} while running the handler")
                 self._warn("task %s: worker %s %s; attempt failed", claim, w.process.pid, cause)
             except ClaimLost:
-                pass
+                self._give_back(claim, f"worker process {w.process.pid} {cause}; its claim was lost")
             except OSError as exc:
                 self._warn("task %s: could not record the worker's death: %s", claim, exc)
         elif code != 0 and not self._stop:
@@ -857,7 +921,9 @@ class Daemon:
 
     # ------------------------------------------------------------------ maintenance
 
-    def _beat(self, *, stopped: bool = False) -> None:
+    def _beat(self, *, stopped: bool = False) -> bool:
+        """Write the heartbeat and extend the workers' lease; return True if the lease had lapsed and is back."""
+        began = time.monotonic()  # the file server stamps the heartbeat no earlier than this
         running = [w.claim.key for w in self._pool if w.claim is not None]
         info = {
             "host": socket.gethostname(),
@@ -871,6 +937,17 @@ class Daemon:
             self.spool.beat(self.server_id, info)
         except OSError as exc:
             self._warn("could not write heartbeat: %s", exc)
+            return False
+        lapsed = bool(began >= self._lease[0])
+        if lapsed and self._lease[0] > 0:
+            self._lease[1] += 1  # first the epoch, then the lease (Lease.holds reads them the other way round)
+            self._warn(
+                "no heartbeat written for %.1f s (other daemons may have presumed this one dead): the results of tasks "
+                "running here since are discarded",
+                began - self._lease[0] + self.dead_after * LEASE_SHARE,
+            )
+        self._lease[0] = began + self.dead_after * LEASE_SHARE
+        return lapsed
 
     def _sweep(self) -> None:
         """One maintenance pass; safe while other daemons sweep the same spool."""

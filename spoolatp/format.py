@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import hmac
 import json
@@ -230,13 +231,17 @@ class Claim:
     key: str
     attempt: int
 
+    @functools.cached_property
+    def _ids(self) -> tuple[str, str]:
+        return parse_key(self.key)  # once per claim: it is asked for on every log line and event
+
     @property
     def type_id(self) -> str:
-        return parse_key(self.key)[0]
+        return self._ids[0]
 
     @property
     def task_id(self) -> str:
-        return parse_key(self.key)[1]
+        return self._ids[1]
 
     def __str__(self) -> str:
         return f"{self.type_id}/{self.task_id} (attempt {self.attempt} on {self.server})"

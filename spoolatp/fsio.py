@@ -8,6 +8,7 @@ case by asking where the file really is. They know files, not tasks.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import shutil
 import stat
@@ -54,19 +55,35 @@ def settling(exc: OSError, directory: PathArg, attempt: int) -> bool:
     """Whether to try again an operation inside a task directory that a rename just brought here.
 
     GlusterFS answers ENOENT or ESTALE for a file in a directory another host
-    (or this one) renamed a moment ago; while the directory itself is there,
-    a retry resolves it. Once the directory is gone, the task moved on.
+    (or this one) renamed a moment ago, and ESTALE for the directory itself
+    (opendir, open) for up to several seconds; while the directory itself is
+    there, a retry resolves it. Once the directory is gone, the task moved on.
+    It never raises; callers loop until it says False (``attempt`` counts from 0).
     """
-    if exc.errno not in (errno.ENOENT, errno.ESTALE) or not os.path.isdir(directory):
+    # bounded (about 2 s): the daemon's main loop waits here too, and its heartbeat must not go stale; a task
+    # whose directory stays stale longer is given back by the daemon (Daemon._give_back)
+    if exc.errno not in (errno.ENOENT, errno.ESTALE) or attempt >= SETTLE_TRIES:
+        return False
+    directory = os.path.normpath(os.fspath(directory))
+    parent, base = os.path.split(directory)
+    # GlusterFS: a lookup may miss a directory a rename just brought here; its parent's readdir does not
+    if not os.path.isdir(directory) and not listed(parent, base):
         return False
     if attempt >= SETTLE_TRIES - 1:
-        # past the usual staleness: go on only while the server still lists the name (a readdir is
-        # answered by the server, where a lookup may be answered from a stale cache)
-        name = os.path.basename(str(exc.filename or ""))
-        if attempt >= 4 * SETTLE_TRIES or not name or name not in os.listdir(directory):
+        # the last try: only while the server still lists the name (a readdir is answered by the server,
+        # where a lookup may be answered from a stale cache); when it was the directory itself that could
+        # not be opened, its parent is listed (listing the directory would fail the same way)
+        failed = os.path.normpath(os.fsdecode(exc.filename)) if exc.filename else ""
+        name = os.path.basename(failed)
+        if not name or not listed(parent if failed == directory else directory, name):
             return False
     time.sleep(settle_delay(attempt))
     return True
+
+
+def listed(directory: PathArg, name: str) -> bool:
+    """Whether the server lists ``name`` in ``directory`` (a readdir, never a possibly cached lookup)."""
+    return name in names_in(directory)
 
 
 #: tries of an operation that a network file system may answer falsely for about a second (GlusterFS)
@@ -99,9 +116,17 @@ def names_in(directory: PathArg) -> list[str]:
         return []
 
 
+def names_or_none(directory: PathArg) -> list[str] | None:
+    """The names in ``directory``, or None if it cannot be listed (gone, or a stale handle)."""
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return None
+
+
 def read_settled(file: PathArg) -> bytes:
     """The whole of ``file`` (never through a link), retried while a network file system settles."""
-    for attempt in range(SETTLE_TRIES):
+    for attempt in itertools.count():  # settling() bounds it; it may say "again" on its last try
         try:
             return read_file(file)
         except OSError as exc:
@@ -148,6 +173,18 @@ def real_dir(path: PathArg) -> bool:
     """Whether ``path`` is a directory itself, not a symbolic link to one (lstat, never stat)."""
     try:
         return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def planted(path: PathArg) -> bool:
+    """Whether ``path`` is there but is no directory itself: a file or symbolic link planted in its place.
+
+    False when it is a directory, and when it cannot be looked up: GlusterFS may answer the lookup of a
+    directory another host renamed a moment ago with ENOENT or ESTALE (a rename then still moves it).
+    """
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
     except OSError:
         return False
 

@@ -112,6 +112,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hmac
+import itertools
 import json
 import logging
 import math
@@ -135,6 +136,7 @@ from spoolatp.errors import (
     QueueFull,
     ResponseNotFound,
     SigningKeyError,
+    SpoolError,
     StorageError,
     TaskExists,
     TaskNotFound,
@@ -186,6 +188,30 @@ CLOCK_TTL = 30.0
 CLOCK_WARN = 5.0
 
 EventHook = Callable[[str, dict[str, Any]], None]
+
+#: this process's lease (see :func:`set_lease`); None: no lease, as for a producer or a test
+_lease: Callable[[], bool] | None = None
+
+
+def set_lease(holds: Callable[[], bool] | None) -> None:
+    """Make every end of an attempt in this process ask ``holds()`` first, and refuse it (ClaimLost) if False.
+
+    A daemon's worker sets it: while its daemon's heartbeat lapsed (a network
+    partition, a paused host) another host may have presumed it dead and run
+    its tasks again. A network file system may still let a write through the
+    task's old path then (GlusterFS resolves a cached path to the moved
+    directory), so fencing by rename alone cannot stop it; the lease does.
+    """
+    global _lease
+    _lease = holds
+
+
+def _check_lease(claim: Claim) -> None:
+    if _lease is not None and not _lease():
+        raise ClaimLost(
+            f"task {claim}: the heartbeat of the daemon holding it lapsed while it ran (a partition or a pause), "
+            "so another host may have taken it over; this result is discarded"
+        )
 
 
 def default_spool_path() -> Path:
@@ -1029,14 +1055,20 @@ class Spool:
             try:
                 claim = self._claimed(path, server, key, message, ids)
             except (OSError, ClaimLost) as exc:
-                # its SCHEDULED record could not be written (a flaky network mount): give it back rather
-                # than hold a task nobody knows it holds; if even that fails, the zombie sweep finds it
+                # its SCHEDULED record could not be written, or its journal read (a flaky network mount): give
+                # it back rather than hold a task nobody knows it holds; if even that fails, the zombie sweep
+                # finds it
                 log.warning("claim of %s by %s not recorded (%s); giving it back", key, server, exc)
-                with contextlib.suppress(OSError):
-                    fsio.move(path, f"{enqueued}/{key}", proof="dst")
+                with contextlib.suppress(OSError, SpoolError):
+                    self._give_back(server, key, f"claim by {server} not recorded ({exc})")
                 continue
             if claim is not None:
                 claims.append(claim)
+            elif key in fsio.names_in(sdir):
+                # "gone" was a false answer of a lookup (GlusterFS, just after the rename); a readdir says it is
+                # here: give it back rather than leave it in scheduled/ with no owner until its timeout
+                with contextlib.suppress(OSError, SpoolError):
+                    self._give_back(server, key, f"claim by {server} lost track of it after a false error")
         if not claims:
             raise QueueEmpty(f"no task waiting in the spool at {self}")
         return claims
@@ -1085,7 +1117,9 @@ class Spool:
         if not stat.S_ISDIR(mode):  # a planted file or symlink: never follow it
             self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
             return None
-        attempt = self._attempts(path) + 1
+        # an unreadable journal must not count as no attempt (an attempt number used twice would let one
+        # holder take another's terminal record for its own): the OSError makes claim() give the task back
+        attempt = self._attempts(path, settle=True, strict=True) + 1
         try:
             record = self._read_record(path, key, is_dir=True)  # the lstat above, after our rename, checked it
         except CorruptTaskFile:
@@ -1142,7 +1176,7 @@ class Spool:
             path = f"{base}/{key}"
             if fsio.real_dir(path) and fsio.real_dir(base):
                 # the same server may hold a later attempt of this task: the path alone is no proof
-                if self._attempts(path) != claim.attempt:
+                if self._attempts(path, settle=True) != claim.attempt:
                     break
                 return path, state
         raise ClaimLost(
@@ -1156,7 +1190,7 @@ class Spool:
         for state in (State.FINISHED, State.FAILED):
             path = f"{self._dirs[DIR_OF[state]]}/{claim.key}"
             if fsio.real_dir(path):
-                end = _last_end(self._journal_data(path))
+                end = _last_end(self._journal_data(path, settle=True))
                 if end is not None and end.server == claim.server and end.attempt == claim.attempt:
                     return path, state
         return None
@@ -1255,6 +1289,7 @@ class Spool:
 
     def _end(self, claim: Claim, state: State, message: str) -> None:
         type_id, task_id = self._check_claim(claim)
+        _check_lease(claim)
         try:
             # held first: a task held in scheduled/ or running/ is in no terminal directory, so this attempt
             # cannot have ended it (only when it is not held is a terminal directory worth looking at)
@@ -1283,9 +1318,10 @@ class Spool:
             default: the type's exponential backoff with jitter.
         :raises ClaimLost:
         """
+        _check_lease(claim)
         ttype = self.get_type(claim.type_id)
         path, _ = self._claim_path(claim)
-        done = _last(self._journal(path), "retry")
+        done = _last(self._journal(path, settle=True), "retry")
         if done >= ttype.retries:
             note = f"retries used up ({done} of {ttype.retries})" if ttype.retries else "the type allows no retries"
             self._end(claim, State.FAILED, f"{reason}\n({note})")
@@ -1330,7 +1366,7 @@ class Spool:
                     slot = self._read_record(grave, key, quarantine=False).get("slot")
                     if slot is not None:
                         self._unlink_if_points(self.path / "slots" / str(slot), key)
-                attempt = sum(1 for r in self._journal(grave) if r.state is State.SCHEDULED)
+                attempt = sum(1 for r in self._journal(grave, settle=True) if r.state is State.SCHEDULED)
                 self._append(grave, State.FAILED, f"cancelled by {who}", None, attempt=attempt)
                 fsio.move(grave, self.path / "failed" / key, proof="src")
                 self._emit("failed", type_id=type_id, task_id=task_id, key=key, message=f"cancelled by {who}")
@@ -1383,7 +1419,7 @@ class Spool:
             raise TaskNotFound(type_id, task_id, self)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(grave / "cancel")
-        attempt = sum(1 for r in self._journal(grave) if r.state is State.SCHEDULED)
+        attempt = sum(1 for r in self._journal(grave, settle=True) if r.state is State.SCHEDULED)
         note = message or f"re-run requested by {by or 'someone'}"
         self._append(grave, State.ENQUEUED, note, None, attempt=attempt, restart=0, retry=0)
         fsio.move(grave, self.path / "enqueued" / key, proof="src")  # back under its old key: it keeps its place
@@ -1404,6 +1440,45 @@ class Spool:
             return None
         return self._reap(path, claim.key, reason, count=count)
 
+    def give_back(self, claim: Claim, reason: str) -> State | None:
+        """Hand back a task whose consumer lost track of it after a false error from the file system.
+
+        For a consumer that got :class:`~spoolatp.errors.ClaimLost` (or an
+        error) while its task may still sit in its ``running/`` or
+        ``scheduled/`` directory: the task is re-enqueued without counting a
+        restart, so it is never left there with no owner until its timeout.
+        Only the consumer that knows no other attempt of this key runs under
+        its server id may call it (a task whose journal shows a later attempt
+        than the claim's is left alone). Return the state the task ends in,
+        or None if the server does not hold it.
+        """
+        self._check_claim(claim)
+        return self._give_back(claim.server, claim.key, reason, attempt=claim.attempt)
+
+    def _give_back(self, server: str, key: str, reason: str, *, attempt: int | None = None) -> State | None:
+        """Re-enqueue task ``key`` if ``server``'s directories list it, without counting a restart.
+
+        See :meth:`give_back`. ``attempt``: leave it if its journal counts more attempts (a later claim holds it).
+        """
+        for tries in range(fsio.SETTLE_TRIES):
+            held = False
+            for state in _HELD:
+                base = f"{self._dirs[DIR_OF[state]]}/{server}"
+                # a readdir is answered by the server, where a lookup may be answered from a stale cache (GlusterFS)
+                if key not in fsio.names_in(base):
+                    continue
+                held = True
+                path = f"{base}/{key}"
+                if attempt is not None and self._attempts(path) > attempt:
+                    return None  # a later claim of this server holds it: not ours to give back
+                end = self._reap(path, key, reason, count=False)
+                if end is not None:
+                    return end
+            if not held:
+                return None
+            time.sleep(fsio.settle_delay(tries))  # listed, yet the lookup or the rename failed: GlusterFS settling
+        return None
+
     def reenqueue_zombies(self, message: str = "") -> list[tuple[str, str, State]]:
         """Re-enqueue (or fail, past ``maxrestart``) tasks held longer than their type's timeout."""
         now = self.clock()
@@ -1412,7 +1487,8 @@ class Spool:
             base = self.path / DIR_OF[state]
             for server in fsio.listdir(base):
                 if not fsio.real_dir(base / server):  # a link planted as a server directory is moved, never listed
-                    self._quarantine(base / server, "not a server directory (plain file or symlink)")
+                    if fsio.planted(base / server):  # GlusterFS: a failed lookup of a real one proves nothing
+                        self._quarantine(base / server, "not a server directory (plain file or symlink)")
                     continue
                 for key in fsio.listdir(base / server):
                     path = base / server / key
@@ -1422,7 +1498,10 @@ class Spool:
                         self._quarantine(path, "name is not a task key")
                         continue
                     if not fsio.real_dir(path):  # its journal is never read through a planted link
-                        self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
+                        # GlusterFS: the lookup of a directory another host just renamed may fail; only a
+                        # file or link seen there is moved aside
+                        if fsio.planted(path):
+                            self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
                         continue
                     try:
                         timeout = self.get_type(type_id).timeout
@@ -1442,7 +1521,9 @@ class Spool:
 
     def _reap(self, path: fsio.PathArg, key: str, reason: str, *, count: bool) -> State | None:
         if not fsio.real_dir(path):
-            if os.path.lexists(path):  # a file or link planted in a state directory: aside, never followed
+            # a file or link planted in a state directory: aside, never followed (not a real directory whose
+            # lookup failed falsely, as GlusterFS's may just after a rename)
+            if fsio.planted(path):
                 self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
             return None
         grave = self.path / "tmp" / f"reap~{secrets.token_hex(4)}~{key}"
@@ -1452,7 +1533,7 @@ class Spool:
 
     def _settle(self, grave: Path, key: str, reason: str, *, count: bool) -> State:
         """Decide where a fenced task goes and move it there."""
-        journal = self._journal(grave)
+        journal = self._journal(grave, settle=True)  # counts restarts and attempts
         type_id, task_id = parse_key(key)
         attempt = sum(1 for r in journal if r.state is State.SCHEDULED)
         last = [r for r in journal if r.state is not None]
@@ -1517,7 +1598,9 @@ class Spool:
                 if keep <= 0:
                     continue
                 if not fsio.real_dir(base / key):
-                    self._quarantine(base / key, "not a task directory (plain file or symlink in a state directory)")
+                    if fsio.planted(base / key):  # GlusterFS: a failed lookup of a real one proves nothing
+                        reason = "not a task directory (plain file or symlink in a state directory)"
+                        self._quarantine(base / key, reason)
                     continue
                 ended = fsio.mtime(base / key / "journal", None)
                 if ended is None or now - ended <= keep:
@@ -1653,7 +1736,7 @@ class Spool:
             if restart is not None:
                 entry["restart"] = restart
             line = _JOURNAL_LINE.encode(entry).encode() + b"\n"
-        for attempt in range(fsio.SETTLE_TRIES):
+        for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
             try:
                 # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
                 # directory is opened O_NOFOLLOW, so a link in its place is never written through
@@ -1681,29 +1764,65 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _journal(self, path: fsio.PathArg) -> list[LogRecord]:
+    def _journal(self, path: fsio.PathArg, *, settle: bool = False, strict: bool = False) -> list[LogRecord]:
+        """The journal of task directory ``path``; [] if it has none.
+
+        ``settle`` and ``strict`` as for :meth:`_journal_data`; an unreadable
+        journal is a record saying so, or with ``strict`` the OSError.
+        """
         try:
-            data = fsio.read_file(f"{os.fspath(path)}/journal")
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+            data = self._read_journal(os.fspath(path), settle=settle, strict=strict)
         except OSError as exc:
+            if strict:
+                raise
             return [LogRecord(time.time(), None, f"journal unreadable: {exc}")]
         return _parse_journal(data)
 
-    @staticmethod
-    def _journal_data(path: str) -> bytes:
-        """The raw journal of task directory ``path``; empty if there is none or it cannot be read.
+    @classmethod
+    def _journal_data(cls, path: str, *, settle: bool = False, strict: bool = False) -> bytes:
+        """The raw journal of task directory ``path``; empty if there is none or (without ``strict``) it cannot be read.
 
         (:meth:`_journal` would give no record with a state either way.)
+        With ``settle`` (callers that count attempts), a journal that is there
+        but not visible yet (a network file system just after a rename) is
+        read again while its directory is there, as :func:`fsio.read_settled`
+        does (about 2 s at most). With ``settle`` or ``strict``, "no journal"
+        is believed only when a listing of the task directory says so (or the
+        directory is gone); ``strict`` raises the OSError of a journal that
+        stays unreadable.
         """
         try:
-            return fsio.read_file(f"{path}/journal")
+            return cls._read_journal(path, settle=settle, strict=strict)
         except OSError:
+            if strict:
+                raise
             return b""
 
-    def _attempts(self, path: str) -> int:
-        """How often the task in directory ``path`` was claimed: its SCHEDULED records."""
-        return _count_state(self._journal_data(path), State.SCHEDULED)
+    @staticmethod
+    def _read_journal(path: str, *, settle: bool, strict: bool) -> bytes:
+        """The raw journal of task directory ``path``, b"" if it has none; :raises OSError: it cannot be read."""
+        for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
+            try:
+                return fsio.read_file(f"{path}/journal")
+            except NotADirectoryError:
+                return b""
+            except OSError as exc:
+                if exc.errno == errno.ENOENT and (settle or strict):
+                    # GlusterFS may answer a lookup of a file a rename just brought here with ENOENT; the
+                    # readdir of its directory is answered by the server
+                    names = fsio.names_or_none(path)
+                    if names is not None and "journal" not in names:
+                        return b""  # none yet: a task never claimed
+                if settle and fsio.settling(exc, path, attempt):  # GlusterFS: not visible yet, or a stale handle
+                    continue
+                if exc.errno == errno.ENOENT and (not (settle or strict) or not os.path.lexists(path)):
+                    return b""  # none, or the directory moved on
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempts(self, path: str, *, settle: bool = False, strict: bool = False) -> int:
+        """How often the task in directory ``path`` was claimed: its SCHEDULED records (see :meth:`_journal_data`)."""
+        return _count_state(self._journal_data(path, settle=settle, strict=strict), State.SCHEDULED)
 
     def _emit(self, name: str, **info: Any) -> None:
         if self.on_event is None:

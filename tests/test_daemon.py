@@ -309,6 +309,34 @@ def test_dead_daemon_tasks_are_rerun_by_another_after_its_heartbeat_stops(
     assert stop(b) == 0
 
 
+def test_a_daemon_whose_heartbeat_lapsed_claims_nothing_and_discards_what_ran_meanwhile(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    # the main process paused (as a partitioned host's would be, blocked on its mount): its worker runs on
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Sleep", "testing.sleep", timeout=60)
+    spool.enqueue("Sleep", "s", 2)
+    log = tmp_path / "a.log"
+    a = start_daemon(spool, "--workers", "1", "--server-id", "a", "--heartbeat", "0.2", "--dead-after", "1", log=log)
+    daemons.append(a)
+    wait_for(lambda: spool.status("Sleep", "s") is State.RUNNING, 30, "the task to run")
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        spool.enqueue("Sleep", "later", 0)
+        time.sleep(4)  # the handler returned after 2 s; the lease (0.6 s of --dead-after) lapsed long before
+        assert spool.status("Sleep", "s") is State.RUNNING  # its end was refused: another host may have rerun it
+        assert spool.status("Sleep", "later") is State.ENQUEUED  # and nothing new was claimed
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    wait_for(lambda: spool.counts()["FINISHED"] == 2, 30, "both tasks to finish once the daemon is back")
+    history = spool.log("Sleep", "s")
+    assert [r.state for r in history].count(State.FINISHED) == 1
+    assert [r.attempt for r in history if r.state is State.FINISHED] == [2]
+    assert any("lapsed" in r.message for r in history)
+    assert stop(a) == 0
+    assert "no heartbeat written for" in log.read_text()
+
+
 @pytest.mark.parametrize("skew", [30.0, -30.0])
 def test_a_skewed_host_judges_time_by_the_spools_clock(tmp_path: Path, skew: float) -> None:
     spool = Spool(tmp_path / "spool")
