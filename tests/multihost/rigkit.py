@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import os
 import shlex
 import signal
@@ -504,12 +503,6 @@ def reasons(spool_dir: Path) -> str:
         if e.endswith(".reason"):
             out.append((spool_dir / "quarantine" / e).read_text().strip())
     return "\n".join(out[:10])
-
-
-def heartbeat(spool_dir: Path, host: str) -> dict[str, Any]:
-    with open(spool_dir / "daemons" / f"{host}.json") as f:
-        data: dict[str, Any] = json.load(f)
-    return data
 
 
 @contextlib.contextmanager

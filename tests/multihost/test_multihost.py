@@ -29,7 +29,6 @@ from rigkit import (
     Rig,
     audit,
     ended,
-    heartbeat,
     held,
     just_started,
     listdir,
@@ -113,7 +112,8 @@ def test_tasks_enqueued_from_two_hosts_at_once_each_finish_exactly_once_on_all_h
         f"({n / (enq_end - t0):.0f}/s), all finished after {took:.1f} s: {n / took:.0f} tasks/s "
         f"with 3 hosts x {DAEMON_OPTS['workers']} workers; per host {per_host}; "
         f"waited {waited:.0f} s, audit {t_audit:.1f} s; {len(requeued)} re-enqueued "
-        f"(a holder presumed dead){': ' + a.explain(requeued, 2) if requeued else ''}"
+        f"(given back after a false error, or a holder presumed dead)"
+        f"{': ' + a.explain(requeued, 2) if requeued else ''}"
     )
 
 
@@ -212,6 +212,11 @@ def test_host_cut_off_and_reconnected_finishes_nothing_twice_and_loses_nothing(
     finally:
         rig.heal("h2")
     t_heal = time.time()
+    # the mount comes back when the file system's client has reconnected (GlusterFS's took up to ~30 s on the
+    # rig): h2's daemon shows it is back by a heartbeat written after the heal, and only then may claim again
+    back = wait_for(
+        lambda: (truth / "daemons" / "h2.json").stat().st_mtime > t_heal, 90, "h2's heartbeat after the link came back"
+    )
 
     # h2's daemon survived and works again: it takes part in a second batch
     rig.run_on("h3", PRODUCER, str(rig.mount("h3") / name), "q", "0", str(n2), "0.5", marker, timeout=300)
@@ -223,15 +228,14 @@ def test_host_cut_off_and_reconnected_finishes_nothing_twice_and_loses_nothing(
     assert cluster.daemons["h2"].alive(), f"h2's daemon died while cut off:\n{cluster.tail('h2', 40)}"
     second = [i for i in task_ids("q", n2) if a.finished_by(i) == "h2"]
     assert second, f"h2 ran none of the tasks enqueued after it came back: {a.per_host()}\n{cluster.tail('h2', 40)}"
-    beat = (truth / "daemons" / "h2.json").stat().st_mtime
-    assert beat > t_heal, f"h2's heartbeat ({heartbeat(truth, 'h2')}) was not renewed after the link came back"
     for v in victims:
         assert a.finished_by(v) in ("h1", "h3"), f"{v} was held by h2 when it was cut off, yet h2 finished it"
     log = cluster.daemons["h2"].log_text()
     discarded = log.count("result discarded")
     figures.append(
         f"{rig.fs}: h2 cut off for {cut_for:g} s holding {len(victims)} tasks: re-enqueued by the others "
-        f"{taken:.1f} s after the cut; after the link came back h2 discarded {discarded} stale results "
+        f"{taken:.1f} s after the cut; h2 beat again {back:.1f} s after the link came back, "
+        f"discarded {discarded} stale results "
         f"and ran {len(second)} of {n2} new tasks; its log has {log.count('WARNING')} warnings"
     )
 
