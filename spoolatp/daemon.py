@@ -193,52 +193,71 @@ def _worker_main(
     accept = _Acceptor(spool, conn)
     serial = ClaimLock(spool, server)
     done = 0
-    try:
-        while max_tasks is None or done < max_tasks:
-            if conn.poll():  # a stop (or a redundant "go") sent while this worker was busy
-                if conn.recv() is None:
-                    return
-            if not Lease.valid(lease):  # presumed dead elsewhere, maybe: wait until the main process beats again
-                conn.send(("idle",))
-                if conn.recv() is None:
-                    return
-                continue
-            epoch = lease[1]
-            try:
-                claim = spool.claim(server, accept=accept, serial=serial)[0]
-            except QueueEmpty:
-                claim = None
-            except OSError as exc:  # a full, read-only or unreachable spool: the main loop wakes us again
-                conn.send(("idle", f"could not claim from {spool.path}: {exc} (will retry)"))
-                claim = None
+    while max_tasks is None or done < max_tasks:
+        try:
+            if conn.poll() and conn.recv() is None:  # a stop (or a redundant "go") sent while this worker was busy
+                return
+            claim = None
+            if Lease.valid(lease):  # else presumed dead elsewhere, maybe: wait until the main process beats again
+                epoch = lease[1]
+                try:
+                    claim = spool.claim(server, accept=accept, serial=serial)[0]
+                except QueueEmpty:
+                    pass
+                except (OSError, SpoolError) as exc:  # a full, read-only or unreachable spool: wait for a wake-up
+                    conn.send(("warn", f"could not claim from {spool.path}: {exc} (will retry)"))
             if claim is None:
                 conn.send(("idle",))
                 if conn.recv() is None:
                     return
                 continue
+            if conn.poll() and conn.recv() is None:  # the stop came while this claim was being made
+                with contextlib.suppress(OSError, SpoolError):
+                    spool.abandon(claim, "its daemon stopped before it started", count=False)
+                return
             try:
                 timeout = spool.get_type(claim.type_id).timeout
-            except UnknownTaskType:
+            except (UnknownTaskType, OSError, SpoolError):  # start() reports what is wrong with the type
                 timeout = 3600.0
-            conn.send(("hold", claim, timeout))
-            set_lease(functools.partial(Lease.holds, lease, epoch))
-            try:
-                outcome, detail = run_claim(spool, claim)
-            except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
-                outcome, detail = "unrecorded", f"{exc}; the task is given back"
-            if outcome == "unrunnable":
-                accept.unrunnable.add(claim.type_id)
+            conn.send(("hold", claim, timeout, epoch))
+        except (EOFError, OSError):  # the main process went away
+            return
+        set_lease(functools.partial(Lease.holds, lease, epoch))
+        try:
+            outcome, detail = run_claim(spool, claim)
+        except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
+            outcome, detail = "unrecorded", str(exc)
+        if outcome in ("lost", "unrecorded"):
+            detail += _give_back(spool, claim, f"{outcome} after an error: {detail}")
+        elif outcome == "unrunnable":
+            accept.unrunnable.add(claim.type_id)
+        try:
             conn.send(("done", outcome, detail))
-            done += 1
-    except (EOFError, OSError):  # the main process went away
-        return
+        except OSError:
+            return
+        done += 1
+
+
+def _give_back(spool: Spool, claim: Claim, reason: str) -> str:
+    """Re-enqueue a task this worker lost track of if it is still held here; say what became of it.
+
+    A network file system's false error (GlusterFS: ESTALE on a directory this host just renamed, for
+    seconds) makes a worker believe its task was taken away while it still sits in running/ or
+    scheduled/ here, where nobody would look at it before its timeout. ``give_back`` finds it by readdir
+    and leaves it alone if a later attempt holds it (a sibling worker's claim).
+    """
+    try:
+        end = spool.give_back(claim, reason)
+    except (OSError, SpoolError) as exc:  # its timeout gives it back later
+        return f"; could not give it back: {exc}"
+    return f"; it was still held here: given back, now {end.name}" if end is not None else ""
 
 
 class Lease:
     """The main process's proof to its workers that this daemon is not presumed dead: two shared doubles.
 
-    ``[0]``: until when (``time.monotonic()``, one clock for every process of
-    the host) the lease holds: the start of the last heartbeat written plus
+    ``[0]``: until when (:meth:`now`, one clock for every process of the
+    host) the lease holds: the start of the last heartbeat written plus
     :data:`LEASE_SHARE` of ``dead_after``, before any other daemon may judge
     the heartbeat stale. ``[1]``: an epoch, raised when a heartbeat is written
     after the lease had lapsed. A worker claims only under a valid lease and
@@ -248,13 +267,18 @@ class Lease:
     """
 
     @staticmethod
+    def now() -> float:
+        # CLOCK_BOOTTIME goes on while the host is suspended, as other hosts' time does; CLOCK_MONOTONIC stops
+        return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+    @staticmethod
     def valid(lease: Any) -> bool:
-        return bool(lease[0] > time.monotonic())
+        return bool(lease[0] > Lease.now())
 
     @staticmethod
     def holds(lease: Any, epoch: float) -> bool:
         # the main process raises the epoch before it extends the lease: read the lease first, then the epoch
-        valid = lease[0] > time.monotonic()
+        valid = lease[0] > Lease.now()
         return bool(valid and lease[1] == epoch)
 
 
@@ -281,6 +305,12 @@ class ClaimLock:
         real = os.path.realpath(spool.path).encode()
         folder = os.path.join(tempfile.gettempdir(), f"spoolatp-{os.getuid()}")
         os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            # another user's folder could hold the lock forever, or swap the lock file
+            raise SpoolError(
+                f"{folder} is not a directory of this user's that only it may write to; remove it (or set TMPDIR)"
+            )
         name = f"{hashlib.sha256(real).hexdigest()[:16]}-{hashlib.sha256(server.encode()).hexdigest()[:16]}.lock"
         self.path = os.path.join(folder, name)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
@@ -297,7 +327,8 @@ class _Acceptor:
 
     def __init__(self, spool: Spool, conn: multiprocessing.connection.Connection) -> None:
         self.spool, self.conn = spool, conn
-        self.unrunnable: set[str] = set()
+        self.unrunnable: set[str] = set()  # types whose handler failed to load here (HandlerNotFound)
+        self._told: set[str] = set()
 
     def __call__(self, type_id: str) -> bool:
         if type_id in self.unrunnable:
@@ -308,8 +339,9 @@ class _Acceptor:
             return False
         if plugins.can_run(handler):
             return True
-        self.unrunnable.add(type_id)  # told once; the main process says so once per daemon
-        self.conn.send(("cannot", type_id, handler))
+        if type_id not in self._told:  # told once; the main process says so once per daemon
+            self._told.add(type_id)
+            self.conn.send(("cannot", type_id, handler))
         return False
 
 
@@ -390,10 +422,10 @@ class _Worker:
     process: BaseProcess
     conn: multiprocessing.connection.Connection
     claim: Claim | None = None  # what it said it holds ("hold"), until it says "done"
+    epoch: float = 0.0  # the lease's epoch when it claimed (see Lease)
     idle: bool = False  # it found nothing to run and waits for "go"
     started: float = 0.0
     deadline: float = float("inf")
-    done: int = 0
     cancel_by: str | None = None  # who asked to cancel the running task
     kill_at: float = float("inf")  # when a cancelled task that did not stop is killed
 
@@ -520,6 +552,12 @@ class Daemon:
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
         if poll is not None and poll <= 0:
             raise ValueError(f"poll must be a positive number of seconds, not {poll}")
+        if heartbeat >= (1 - LEASE_SHARE) * dead_after:
+            raise ValueError(
+                f"heartbeat ({heartbeat:g} s) must be shorter than {1 - LEASE_SHARE:g} x dead_after "
+                f"({dead_after:g} s): the workers' lease lasts {LEASE_SHARE:g} x dead_after from each heartbeat; "
+                "write heartbeats more often, or let other daemons wait longer before they presume this one dead"
+            )
         self.max_tasks_per_worker = max_tasks_per_worker
         self.poll, self.grace, self.sweep_interval = poll, grace, sweep_interval
         self.heartbeat, self.dead_after, self.rescan, self.burst = heartbeat, dead_after, rescan, burst
@@ -617,6 +655,7 @@ class Daemon:
                     self._info("task %s/%s left by an earlier run of this server: %s", t, i, st.name)
             except OSError as exc:  # a full or read-only spool: they are reaped as zombies once it recovers
                 self._warn("could not take back tasks of an earlier run: %s (their timeout will)", exc)
+            ClaimLock(spool, self.server_id)  # a lock its workers could not take fails here, not in each of them
             self._beat()  # the workers' first lease
             for _ in range(self.workers):
                 self._spawn()
@@ -679,13 +718,15 @@ class Daemon:
                 self._check_cancels(now)
                 next_cancel_check = now + min(0.25, rescan)
             if want_claim and not self._stop:
-                want_claim = self._wake_one()
-            if self.burst and not self._stop and self._all_idle():
+                want_claim = False
+                self._wake_one()
+            if self.burst and not self._stop and self._all_idle() and Lease.valid(self._lease):
                 if self._holds == burst_holds:  # every worker found the queue empty after the last sweep
                     return
                 burst_holds = self._holds
                 self._sweep()
-                want_claim = self._wake_one()
+                want_claim = False
+                self._wake_one()
             deadline = min(
                 [min(w.deadline, w.kill_at) for w in self._pool]
                 + [next_sweep, next_beat, next_scan]
@@ -706,15 +747,14 @@ class Daemon:
                 if w.conn in ready:
                     want_claim |= self._collect(w)
                 if w.process.sentinel in ready and w in self._pool:
-                    while self._collect(w):  # what it said before it went: a "hold" whose task it leaves behind
-                        pass
+                    self._collect(w)  # what it said before it went: a "hold" whose task it leaves behind
                     self._bury(w)
             self._enforce_timeouts()
 
     # ------------------------------------------------------------------ claiming
 
-    def _wake_one(self) -> bool:
-        """Send "go" to one idle worker (it claims what it finds); return whether one should still be woken.
+    def _wake_one(self) -> None:
+        """Send "go" to one idle worker (it claims what it finds).
 
         Waking one worker at a time keeps an idle daemon to one listing of the
         queue per wake-up; a worker that finds a task says "hold", and that
@@ -723,7 +763,7 @@ class Daemon:
         """
         if any(w.claim is None and not w.idle for w in self._pool):
             self._rewake = True  # a worker is looking already, maybe at a listing older than this arrival
-            return False
+            return
         for w in self._pool:
             if w.idle:
                 w.idle = False
@@ -731,8 +771,8 @@ class Daemon:
                     w.conn.send("go")
                 except OSError:  # it died meanwhile: its sentinel says so
                     continue
-                return False
-        return False  # all busy: each claims the next task itself when it is done
+                return
+        # all busy: each claims the next task itself when it is done
 
     def _all_idle(self) -> bool:
         return bool(self._pool) and all(w.idle for w in self._pool)
@@ -765,7 +805,7 @@ class Daemon:
             except (EOFError, OSError):
                 return wake  # the worker died; its sentinel will tell
             if msg[0] == "hold":
-                w.claim, timeout = msg[1], msg[2]
+                w.claim, timeout, w.epoch = msg[1], msg[2], msg[3]
                 w.idle, w.started = False, time.monotonic()
                 w.deadline = w.started + timeout
                 self._holds += 1
@@ -774,10 +814,10 @@ class Daemon:
                 self._done(w, msg[1], msg[2])
             elif msg[0] == "idle":
                 w.idle = True
-                if len(msg) > 1:
-                    self._warn("%s", msg[1])
                 wake = wake or self._rewake
                 self._rewake = False
+            elif msg[0] == "warn":
+                self._warn("%s", msg[1])
             elif msg[0] == "cannot" and msg[1] not in self._reported:
                 self._reported.add(msg[1])
                 self._warn("tasks of type %r wait: no handler %r is installed on this host", msg[1], msg[2])
@@ -785,7 +825,6 @@ class Daemon:
     def _done(self, w: _Worker, outcome: str, detail: str) -> None:
         claim, w.claim, w.deadline = w.claim, None, float("inf")
         w.cancel_by, w.kill_at = None, float("inf")
-        w.done += 1
         if claim is None:
             return
         took = time.monotonic() - w.started
@@ -793,30 +832,31 @@ class Daemon:
             self._warn("type %r cannot run here (handler not found); task %s given back", claim.type_id, claim)
         elif outcome == "lost":
             self._warn("task %s: result discarded, the claim was taken away (%s)", claim, detail)
-            self._give_back(claim, f"claim lost after an error: {detail}")
         elif outcome == "unrecorded":
-            self._warn("task %s: %s", claim, detail)
-            self._give_back(claim, f"its end could not be recorded: {detail}")
+            self._warn("task %s: its end could not be recorded: %s", claim, detail)
         else:
             self._info("task %s/%s attempt %d %s in %.3f s", claim.type_id, claim.task_id, claim.attempt, outcome, took)
 
-    def _give_back(self, claim: Claim, reason: str) -> None:
-        """A worker lost track of its claim: if the task still sits in this server's directories, re-enqueue it.
+    def _end_dead(self, w: _Worker, claim: Claim, why: str, *, fail: bool, count: bool = True) -> None:
+        """Fail (or give back, counting a restart or not) the attempt of a worker that is gone, if this daemon may.
 
-        A network file system's false error (GlusterFS: ESTALE on a directory this host just renamed, for
-        seconds) makes a worker believe its task was taken away while it is still in running/ or
-        scheduled/ here, where nobody would look at it before its timeout. Only this process knows
-        that no other worker runs another attempt of the same task, so it decides here.
+        Under a lease that lapsed since the claim, another host may have taken the task over: then it is
+        only given back if it is still listed here (see :func:`_give_back`), never ended.
         """
-        if any(w.claim is not None and w.claim.key == claim.key for w in self._pool):
-            return  # a later attempt of this task runs here: the directory is that attempt's
         try:
-            end = self.spool.give_back(claim, f"{reason}; given back by {self.server_id}")
-        except (OSError, SpoolError) as exc:  # its timeout gives it back later
-            self._warn("task %s: could not give it back: %s", claim, exc)
-            return
-        if end is not None:
-            self._warn("task %s was still held here after its claim was lost: given back, now %s", claim, end.name)
+            if not Lease.holds(self._lease, w.epoch):
+                self._warn("task %s: %s%s", claim, why, _give_back(self.spool, claim, f"{why}; the lease had lapsed"))
+            elif fail:
+                if self.spool.ended(claim) is None:
+                    self.spool.fail(claim, why)
+                self._warn("task %s: %s; attempt failed", claim, why)
+            else:
+                end = self.spool.abandon(claim, why, count=count)
+                self._warn("task %s: %s; now %s", claim, why, end.name if end else "gone")
+        except ClaimLost:
+            self._warn("task %s: %s%s", claim, why, _give_back(self.spool, claim, f"{why}; its claim was lost"))
+        except (OSError, SpoolError) as exc:  # its timeout (any daemon's sweep) gives it back later
+            self._warn("task %s: %s; could not record it: %s", claim, why, exc)
 
     def _retire(self, w: _Worker) -> None:
         with contextlib.suppress(OSError):
@@ -836,17 +876,10 @@ class Daemon:
         code = w.process.exitcode
         cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with status {code}"
         if w.claim is not None:
-            claim = w.claim
-            try:
-                if self.spool.ended(claim) is None:
-                    self.spool.fail(claim, f"worker process {w.process.pid} {cause} while running the handler")
-                self._warn("task %s: worker %s %s; attempt failed", claim, w.process.pid, cause)
-            except ClaimLost:
-                self._give_back(claim, f"worker process {w.process.pid} {cause}; its claim was lost")
-            except OSError as exc:
-                self._warn("task %s: could not record the worker's death: %s", claim, exc)
+            self._end_dead(w, w.claim, f"worker process {w.process.pid} {cause} while running the handler", fail=True)
         elif code != 0 and not self._stop:
-            # it died between a claim and its "hold": that task is taken back when its timeout passes
+            # it died between a claim and its "hold": that task is given back when this daemon stops, or when
+            # its timeout has passed (any daemon's sweep)
             self._warn("worker %s %s between tasks", w.process.pid, cause)
         if not self._stop:
             self._spawn()
@@ -854,6 +887,7 @@ class Daemon:
     def _check_cancels(self, now: float) -> None:
         """Pass on cancel requests to running tasks; kill those that ignore them past ``cancel_grace``."""
         for w in list(self._pool):
+            self._collect(w)  # a task it ended meanwhile is not cancelled, nor killed
             if w.claim is None:
                 continue
             if w.cancel_by is None:
@@ -863,50 +897,49 @@ class Daemon:
                     self._info("task %s cancelled by %s: it has %g s to stop", w.claim, w.cancel_by, self.cancel_grace)
             elif now >= w.kill_at:
                 claim, who = w.claim, w.cancel_by
-                self._kill(w)
-                with contextlib.suppress(ClaimLost, OSError):  # OSError: its timeout gives it back later
-                    if self.spool.ended(claim) is None:
-                        self.spool.fail(
-                            claim, f"cancelled by {who}; killed after ignoring it for {self.cancel_grace:g} s"
-                        )
-                self._warn("task %s cancelled by %s: killed after %g s", claim, who, self.cancel_grace)
+                if self._kill(w):
+                    why = f"cancelled by {who}; killed after ignoring it for {self.cancel_grace:g} s"
+                    self._end_dead(w, claim, why, fail=True)
                 if not self._stop:
                     self._spawn()
 
-    def _kill(self, w: _Worker) -> None:
-        w.process.kill()  # SIGKILL: a handler past its limit does not get to decide
+    def _kill(self, w: _Worker) -> bool:
+        """SIGKILL a worker (a handler past its limit does not get to decide); True if it still ran its task.
+
+        What it said before it died is read first: the end of its task, and maybe the "hold" of the next
+        one, which is given back at once.
+        """
+        killed = w.claim
+        w.process.kill()
         w.process.join()
+        self._collect(w)
+        if w.claim is not None and w.claim != killed:
+            self._end_dead(w, w.claim, "its worker was killed before it started", fail=False, count=False)
         self._pool.remove(w)
         w.conn.close()
+        return killed is not None and w.claim == killed
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
         for w in list(self._pool):
             if w.claim is None or now < w.deadline:
                 continue
-            claim = w.claim
-            self._kill(w)
-            limit = w.deadline - w.started
-            try:
-                end = self.spool.abandon(claim, f"killed after running past its timeout of {limit:g} s", count=True)
-                self._warn(
-                    "task %s ran past its timeout of %g s: killed, now %s", claim, limit, end.name if end else "gone"
-                )
-            except OSError as exc:
-                self._warn("task %s: could not give it back after its timeout: %s", claim, exc)
+            self._collect(w)  # it may have ended that task just now
+            if w.claim is None or now < w.deadline:
+                continue
+            claim, limit = w.claim, w.deadline - w.started
+            if self._kill(w):
+                self._end_dead(w, claim, f"killed after running past its timeout of {limit:g} s", fail=False)
             if not self._stop:
                 self._spawn()
 
     def _shutdown(self) -> None:
         for w in list(self._pool):
             self._collect(w)  # a "hold" not read yet is a task this worker runs
-            if w.claim is not None:
-                w.process.kill()
-                w.process.join()
-                with contextlib.suppress(OSError, SpoolError):
-                    self.spool.abandon(w.claim, f"daemon {self.server_id} stopped before it finished", count=False)
-                    self._info("task %s given back to the queue", w.claim)
-                w.claim = None
+            claim = w.claim
+            if claim is not None and self._kill(w):
+                why = f"daemon {self.server_id} stopped before it finished"
+                self._end_dead(w, claim, why, fail=False, count=False)
         for w in list(self._pool):
             self._retire(w)
         try:
@@ -923,7 +956,9 @@ class Daemon:
 
     def _beat(self, *, stopped: bool = False) -> bool:
         """Write the heartbeat and extend the workers' lease; return True if the lease had lapsed and is back."""
-        began = time.monotonic()  # the file server stamps the heartbeat no earlier than this
+        # the heartbeat's mtime is stamped after this (to the second, on some file systems: other daemons
+        # wait all of --dead-after, this one trusts its lease for 0.6 of it)
+        began = Lease.now()
         running = [w.claim.key for w in self._pool if w.claim is not None]
         info = {
             "host": socket.gethostname(),
@@ -938,7 +973,7 @@ class Daemon:
         except OSError as exc:
             self._warn("could not write heartbeat: %s", exc)
             return False
-        lapsed = bool(began >= self._lease[0])
+        lapsed = bool(Lease.now() >= self._lease[0])  # after the write: one that stalled past it lapsed too
         if lapsed and self._lease[0] > 0:
             self._lease[1] += 1  # first the epoch, then the lease (Lease.holds reads them the other way round)
             self._warn(

@@ -1044,8 +1044,12 @@ class Spool:
                 # which proves it only if no one else put it there: consumers sharing a server id hold
                 # ``serial`` and look first, so no one else can have put it there between the look and ours
                 with serial or contextlib.nullcontext():
-                    if serial is not None and os.path.lexists(path):
-                        continue  # another consumer of this server id holds it
+                    # a readdir, the same evidence fsio.move's proof uses (a lookup may miss what a rename just
+                    # brought here); None: the directory could not be listed, so nothing would prove the claim
+                    if serial is not None:
+                        held = fsio.names_or_none(sdir)
+                        if held is None or key in held:
+                            continue  # another consumer of this server id holds it (or nothing could prove ours)
                     if not fsio.move(f"{enqueued}/{key}", path, proof="dst"):
                         continue
             except (FileExistsError, OSError) as exc:  # ENOTEMPTY: a leftover of a crashed run of this server id
@@ -1255,6 +1259,7 @@ class Spool:
         if len(payload) > max_response:  # refused before anything is written
             raise TaskTooLarge(f"the response of task {claim}", len(payload), max_response, "max_response_bytes", self)
         path = self._held_or_ended(claim)
+        _check_lease(claim)  # just before the write: a late response must not replace another attempt's
         meta = json.dumps({"mime": str(mime_type), "kind": kind}, separators=(",", ":"))
         tmp = f"{path}/.response~{secrets.token_hex(4)}"
         try:
@@ -1289,7 +1294,6 @@ class Spool:
 
     def _end(self, claim: Claim, state: State, message: str) -> None:
         type_id, task_id = self._check_claim(claim)
-        _check_lease(claim)
         try:
             # held first: a task held in scheduled/ or running/ is in no terminal directory, so this attempt
             # cannot have ended it (only when it is not held is a terminal directory worth looking at)
@@ -1298,6 +1302,7 @@ class Spool:
             if self._own_terminal(claim) is not None:
                 raise ClaimLost(f"task {claim} already ended; a second terminal state is refused") from None
             raise
+        _check_lease(claim)  # just before the terminal record, which a stale path may still let through
         self._append(path, state, message, claim)
         ended = self._dirs[DIR_OF[state]]
         dest = f"{ended}/{claim.key}"

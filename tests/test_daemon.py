@@ -324,7 +324,8 @@ def test_a_daemon_whose_heartbeat_lapsed_claims_nothing_and_discards_what_ran_me
     try:
         spool.enqueue("Sleep", "later", 0)
         time.sleep(4)  # the handler returned after 2 s; the lease (0.6 s of --dead-after) lapsed long before
-        assert spool.status("Sleep", "s") is State.RUNNING  # its end was refused: another host may have rerun it
+        # its end was refused (another host may have run it again) and, as nobody had, it was given back
+        assert spool.status("Sleep", "s") is State.ENQUEUED
         assert spool.status("Sleep", "later") is State.ENQUEUED  # and nothing new was claimed
     finally:
         os.kill(a.pid, signal.SIGCONT)
@@ -335,6 +336,13 @@ def test_a_daemon_whose_heartbeat_lapsed_claims_nothing_and_discards_what_ran_me
     assert any("lapsed" in r.message for r in history)
     assert stop(a) == 0
     assert "no heartbeat written for" in log.read_text()
+
+
+def test_a_heartbeat_too_slow_for_the_lease_is_refused_with_both_numbers(tmp_path: Path) -> None:
+    from spoolatp.daemon import Daemon
+
+    with pytest.raises(ValueError, match=r"heartbeat \(30 s\) must be shorter than 0.4 x dead_after \(40 s\)"):
+        Daemon(Spool(tmp_path / "spool"), heartbeat=30, dead_after=40)
 
 
 @pytest.mark.parametrize("skew", [30.0, -30.0])
