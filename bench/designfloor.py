@@ -78,47 +78,43 @@ class DesignFloor:
         os.rename(src, os.path.join(self.path, "finished", key))
 
 
-def _design_worker(conn: Any, path: str, stamps: str) -> None:
-    floor = DesignFloor(path)
-    while (key := conn.recv()) is not None:
+def design_daemon(path: str, workers: int, n: int, stamps: str, durable: bool = False) -> None:
+    """spoolatp's daemon architecture on the design floor: ``workers`` processes that claim for themselves.
+
+    Each worker claims, starts, stamps and finishes one task after another and
+    tells the main process over its pipe before ("hold") and after ("done")
+    each, as spoolatp's workers do; the main process only reads. No logging,
+    no checks, no lock around the claims.
+    """
+    floor = DesignFloor(path, durable)
+    for _ in range(n):
+        floor.enqueue(b"x" * 200)
+    ctx = multiprocessing.get_context("fork")
+    conns, procs = [], []
+    for _ in range(workers):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_design_worker, args=(child, path, stamps, durable), daemon=True)
+        proc.start()
+        child.close()
+        conns.append(parent)
+        procs.append(proc)
+    while conns:
+        for conn in multiprocessing.connection.wait(conns):
+            if conn.recv() is None:  # that worker found the queue empty
+                conns.remove(conn)
+    for proc in procs:
+        proc.join()
+
+
+def _design_worker(conn: Any, path: str, stamps: str, durable: bool) -> None:
+    floor = DesignFloor(path, durable)
+    while (key := floor.claim()) is not None:
+        conn.send(("hold", key))
         floor.start(key)
         line = f"{time.time():.6f}\n".encode()  # what bench.stamp does
         fd = os.open(stamps, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.write(fd, line)
         os.close(fd)
         floor.finish(key)
-        conn.send(True)
-
-
-def design_daemon(path: str, workers: int, n: int, stamps: str, durable: bool = False) -> None:
-    """spoolatp's daemon architecture on the design floor: one claimer, ``workers`` processes, a pipe each.
-
-    The main process claims a task for each idle worker and sends its key; the
-    worker starts, stamps and finishes it and answers. No logging, no checks.
-    """
-    floor = DesignFloor(path, durable)
-    for _ in range(n):
-        floor.enqueue(b"x" * 200)
-    ctx = multiprocessing.get_context("fork")
-    pool = []
-    for _ in range(workers):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_design_worker, args=(child, path, stamps), daemon=True)
-        proc.start()
-        pool.append([parent, proc, False])
-    done = 0
-    while done < n:
-        for w in pool:
-            if not w[2] and (key := floor.claim()) is not None:
-                w[0].send(key)
-                w[2] = True
-        busy = [w[0] for w in pool if w[2]]
-        if not busy:
-            break
-        for conn in multiprocessing.connection.wait(busy):
-            conn.recv()
-            done += 1
-            next(w for w in pool if w[0] is conn)[2] = False
-    for w in pool:
-        w[0].send(None)
-        w[1].join()
+        conn.send(("done", key))
+    conn.send(None)

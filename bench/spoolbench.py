@@ -352,7 +352,7 @@ def _tail(path: str, lines: int = 8) -> str:
 
 
 def design_daemon_throughput(base: str, workers: int, n: int, durable: bool) -> dict[str, Any]:
-    """The same drain on the design floor's one-claimer-and-pipes daemon (bench/designfloor.py)."""
+    """The same drain on the design floor's daemon of self-claiming workers (bench/designfloor.py)."""
     path = os.path.join(base, f"design-daemon-{workers}")
     stamps = path + ".stamps"
     design_daemon(path, workers, n, stamps, durable)
