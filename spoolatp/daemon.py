@@ -49,6 +49,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from filelock import FileLock, Timeout
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
@@ -286,6 +287,20 @@ class Lease:
 LEASE_SHARE = 0.6
 
 
+def host_lock_path(spool: Spool, server: str, what: str) -> str:
+    """A lock file on this host's disk for ``what`` of daemon ``server`` on ``spool`` (never in the spool)."""
+    folder = os.path.join(tempfile.gettempdir(), f"spoolatp-{os.getuid()}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        # another user's folder could hold the lock forever, or swap the lock file
+        raise SpoolError(
+            f"{folder} is not a directory of this user's that only it may write to; remove it (or set TMPDIR)"
+        )
+    real = hashlib.sha256(os.path.realpath(spool.path).encode()).hexdigest()[:16]
+    return os.path.join(folder, f"{real}-{hashlib.sha256(server.encode()).hexdigest()[:16]}.{what}.lock")
+
+
 class ClaimLock:
     """The lock that serializes the claim renames of the workers sharing a server id, on this host's disk.
 
@@ -302,17 +317,7 @@ class ClaimLock:
     """
 
     def __init__(self, spool: Spool, server: str) -> None:
-        real = os.path.realpath(spool.path).encode()
-        folder = os.path.join(tempfile.gettempdir(), f"spoolatp-{os.getuid()}")
-        os.makedirs(folder, mode=0o700, exist_ok=True)
-        st = os.lstat(folder)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-            # another user's folder could hold the lock forever, or swap the lock file
-            raise SpoolError(
-                f"{folder} is not a directory of this user's that only it may write to; remove it (or set TMPDIR)"
-            )
-        name = f"{hashlib.sha256(real).hexdigest()[:16]}-{hashlib.sha256(server.encode()).hexdigest()[:16]}.lock"
-        self.path = os.path.join(folder, name)
+        self.path = host_lock_path(spool, server, "claims")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
 
     def __enter__(self) -> None:
@@ -614,7 +619,24 @@ class Daemon:
         """Serve the spool until stopped (or, in burst mode, until the queue is empty); return 0.
 
         :raises SigningKeyError: this host's key does not fit the spool (checked before anything runs).
+        :raises SpoolError: another daemon with this server id serves the spool on this host.
         """
+        # one daemon per server id and spool on this host: a second one would take back the first one's tasks
+        # as "left by an earlier run"; filelock's flock is released when this process dies, even by kill -9
+        singleton = FileLock(host_lock_path(self.spool, self.server_id, "daemon"), timeout=0)
+        try:
+            singleton.acquire()
+        except Timeout:
+            raise SpoolError(
+                f"another daemon with server id {self.server_id!r} already serves {self.spool.path} on this "
+                "host; stop it, or give this one another --server-id"
+            ) from None
+        try:
+            return self._serve()
+        finally:
+            singleton.release()
+
+    def _serve(self) -> int:
         spool = self.spool
         for warning in trust_warnings(spool):  # check_key() in there refuses a key that does not fit
             self._warn("%s", warning)

@@ -345,6 +345,26 @@ def test_a_heartbeat_too_slow_for_the_lease_is_refused_with_both_numbers(tmp_pat
         Daemon(Spool(tmp_path / "spool"), heartbeat=30, dead_after=40)
 
 
+def test_a_second_daemon_with_the_same_server_id_on_this_host_is_refused(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    # it would take the first one's tasks back as "left by an earlier run of this server"
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Sleep", "testing.sleep", timeout=60)
+    spool.enqueue("Sleep", "s", 30)
+    daemons.append(start_daemon(spool, "--workers", "1", "--server-id", "box"))
+    wait_for(lambda: spool.status("Sleep", "s") is State.RUNNING, 30, "the task to run")
+    second = subprocess.run(
+        [sys.executable, "-m", "spoolatp", "daemon", "--spool", str(spool.path), "--server-id", "box"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    assert "another daemon with server id 'box' already serves" in second.stderr
+    assert spool.status("Sleep", "s") is State.RUNNING and spool.info("Sleep", "s").attempts == 1
+
+
 @pytest.mark.parametrize("skew", [30.0, -30.0])
 def test_a_skewed_host_judges_time_by_the_spools_clock(tmp_path: Path, skew: float) -> None:
     spool = Spool(tmp_path / "spool")
