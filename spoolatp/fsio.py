@@ -47,7 +47,7 @@ def move(src: PathArg, dst: PathArg, *, proof: str) -> bool:
             if proof == "src":
                 return not os.path.lexists(src) and os.path.isdir(parent)
             # a lookup may be answered from a stale cache; a readdir is answered by the server
-            return os.path.lexists(dst) or name in names_in(parent)
+            return os.path.lexists(dst) or listed(parent, name)
     return False  # pragma: no cover - the loop returns or raises
 
 

@@ -1068,7 +1068,7 @@ class Spool:
                 continue
             if claim is not None:
                 claims.append(claim)
-            elif key in fsio.names_in(sdir):
+            elif fsio.listed(sdir, key):
                 # "gone" was a false answer of a lookup (GlusterFS, just after the rename); a readdir says it is
                 # here: give it back rather than leave it in scheduled/ with no owner until its timeout
                 with contextlib.suppress(OSError, SpoolError):
@@ -1470,7 +1470,7 @@ class Spool:
             for state in _HELD:
                 base = f"{self._dirs[DIR_OF[state]]}/{server}"
                 # a readdir is answered by the server, where a lookup may be answered from a stale cache (GlusterFS)
-                if key not in fsio.names_in(base):
+                if not fsio.listed(base, key):
                     continue
                 held = True
                 path = f"{base}/{key}"
