@@ -10,6 +10,11 @@ as spoolatp's does. No validation, checksums, pickling or re-reads.
 floor -> design floor is the price of the layout (a directory and an id link
 per task, a journal line per transition); design floor -> spoolatp is the
 price of the implementation, which is what a fix can win back.
+
+OneFileFloor is the same protocol on a one-file-per-task layout: the task is a
+single file (a header giving the payload's length, the payload, then the
+journal lines appended after it) renamed from state to state, so a task costs
+two inodes (its id link and its file) instead of four.
 """
 
 from __future__ import annotations
@@ -38,11 +43,32 @@ class DesignFloor:
         finally:
             os.close(fd)
 
-    def enqueue(self, data: bytes) -> str:
+    def _register(self) -> str:
+        """A new task's key, its id link made (the atomic uniqueness test)."""
         self._seq += 1
         tid = f"{os.getpid()}-{self._seq}"
         key = f"{time.time_ns():016x}~T~{tid}"
         os.symlink(key, os.path.join(self.path, "ids", f"T~{tid}"))
+        return key
+
+    def _take(self) -> str | None:
+        """Rename the oldest enqueued task into scheduled/SERVER/; its key, or None when none is left."""
+        while True:
+            if not self._cache:
+                self._cache = sorted(os.listdir(os.path.join(self.path, "enqueued")), reverse=True)
+                if not self._cache:
+                    return None
+            key = self._cache.pop()
+            try:
+                os.rename(
+                    os.path.join(self.path, "enqueued", key), os.path.join(self.path, "scheduled", self.server, key)
+                )
+                return key
+            except FileNotFoundError:
+                continue
+
+    def enqueue(self, data: bytes) -> str:
+        key = self._register()
         tmp = os.path.join(self.path, "tmp", f"enq~{key}")
         os.mkdir(tmp, 0o770)
         self._write(os.path.join(tmp, "task"), data, os.O_EXCL)
@@ -50,22 +76,14 @@ class DesignFloor:
         return key
 
     def claim(self) -> str | None:
-        while True:
-            if not self._cache:
-                self._cache = sorted(os.listdir(os.path.join(self.path, "enqueued")), reverse=True)
-                if not self._cache:
-                    return None
-            key = self._cache.pop()
-            dest = os.path.join(self.path, "scheduled", self.server, key)
-            try:
-                os.rename(os.path.join(self.path, "enqueued", key), dest)
-            except FileNotFoundError:
-                continue
-            fd = os.open(os.path.join(dest, "task"), os.O_RDONLY)
-            os.read(fd, 65536)
-            os.close(fd)
-            self._write(os.path.join(dest, "journal"), b'{"s":2}\n', os.O_APPEND)
-            return key
+        if (key := self._take()) is None:
+            return None
+        dest = os.path.join(self.path, "scheduled", self.server, key)
+        fd = os.open(os.path.join(dest, "task"), os.O_RDONLY)
+        os.read(fd, 65536)
+        os.close(fd)
+        self._write(os.path.join(dest, "journal"), b'{"s":2}\n', os.O_APPEND)
+        return key
 
     def start(self, key: str) -> None:
         dest = os.path.join(self.path, "running", self.server, key)
@@ -78,22 +96,65 @@ class DesignFloor:
         os.rename(src, os.path.join(self.path, "finished", key))
 
 
-def design_daemon(path: str, workers: int, n: int, stamps: str, durable: bool = False) -> None:
+class OneFileFloor(DesignFloor):
+    """The design floor with one file per task: header and payload, then the journal appended to the same file.
+
+    enqueue = symlink in ids/, write tmp/KEY (O_EXCL), rename it into
+    enqueued/; claim = rename into scheduled/SERVER/, open it read-write,
+    read the task and append the first journal line through the same
+    descriptor; start = rename into running/SERVER/, append; finish = append,
+    rename into finished/.
+    """
+
+    def enqueue(self, data: bytes) -> str:
+        key = self._register()
+        tmp = os.path.join(self.path, "tmp", key)
+        self._write(tmp, b"%08x\n" % len(data) + data, os.O_EXCL)  # the header holds the payload's length
+        os.rename(tmp, os.path.join(self.path, "enqueued", key))
+        return key
+
+    def claim(self) -> str | None:
+        if (key := self._take()) is None:
+            return None
+        fd = os.open(os.path.join(self.path, "scheduled", self.server, key), os.O_RDWR | os.O_APPEND)
+        try:
+            os.read(fd, 65536)  # the header and the payload; the journal lines go after them
+            os.write(fd, b'{"s":2}\n')
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        return key
+
+    def start(self, key: str) -> None:
+        dest = os.path.join(self.path, "running", self.server, key)
+        os.rename(os.path.join(self.path, "scheduled", self.server, key), dest)
+        self._write(dest, b'{"s":3}\n', os.O_APPEND)
+
+    def finish(self, key: str) -> None:
+        src = os.path.join(self.path, "running", self.server, key)
+        self._write(src, b'{"s":5}\n', os.O_APPEND)
+        os.rename(src, os.path.join(self.path, "finished", key))
+
+
+def design_daemon(
+    path: str, workers: int, n: int, stamps: str, durable: bool = False, layout: type[DesignFloor] = DesignFloor
+) -> None:
     """spoolatp's daemon architecture on the design floor: ``workers`` processes that claim for themselves.
 
     Each worker claims, starts, stamps and finishes one task after another and
     tells the main process over its pipe before ("hold") and after ("done")
     each, as spoolatp's workers do; the main process only reads. No logging,
-    no checks, no lock around the claims.
+    no checks, no lock around the claims. ``layout`` is DesignFloor or OneFileFloor.
     """
-    floor = DesignFloor(path, durable)
+    floor = layout(path, durable)
     for _ in range(n):
         floor.enqueue(b"x" * 200)
     ctx = multiprocessing.get_context("fork")
     conns, procs = [], []
     for _ in range(workers):
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_design_worker, args=(child, path, stamps, durable), daemon=True)
+        proc = ctx.Process(target=_design_worker, args=(child, path, stamps, durable, layout), daemon=True)
         proc.start()
         child.close()
         conns.append(parent)
@@ -106,8 +167,8 @@ def design_daemon(path: str, workers: int, n: int, stamps: str, durable: bool = 
         proc.join()
 
 
-def _design_worker(conn: Any, path: str, stamps: str, durable: bool) -> None:
-    floor = DesignFloor(path, durable)
+def _design_worker(conn: Any, path: str, stamps: str, durable: bool, layout: type[DesignFloor]) -> None:
+    floor = layout(path, durable)
     while (key := floor.claim()) is not None:
         conn.send(("hold", key))
         floor.start(key)

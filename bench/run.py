@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peers  # noqa: E402
 import spoolbench as sb  # noqa: E402
 from common import BENCH_DIR, filesystem_of  # noqa: E402
+from designfloor import OneFileFloor  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -195,6 +196,15 @@ def section_api(rep: Report, fs: str, base: str, c: Counts, durable: bool) -> No
             rep.add(
                 fs,
                 sec,
+                f"  one-file design floor {what}, {who}",
+                best[f"onefile.{op}"],
+                "tasks/s",
+                "floor",
+                best[f"floor.{op}"],
+            )
+            rep.add(
+                fs,
+                sec,
                 f"  spoolatp {what}, {who}",
                 best[f"spoolatp.{op}"],
                 "tasks/s",
@@ -257,6 +267,7 @@ def section_daemon(rep: Report, fs: str, base: str, c: Counts, durable: bool, rq
         for w in (1, 2):
             keep(f"spoolatp-{w}", sb.daemon_throughput(base, w, n, durable))
             keep(f"design-{w}", sb.design_daemon_throughput(base, w, n, durable))
+            keep(f"onefile-{w}", sb.design_daemon_throughput(base, w, n, durable, OneFileFloor))
             if huey_ok:
                 for wt in ("thread", "process"):  # the peer's better worker type is the baseline
                     keep(f"huey-sqlite-{w}", peers.huey_consumer(base, "sqlite", w, n, wt, fsync=durable))
@@ -269,6 +280,7 @@ def section_daemon(rep: Report, fs: str, base: str, c: Counts, durable: bool, rq
     best = {k: max(v) for k, v in samples.items()}
     ours = {w: {"rate": best.get(f"spoolatp-{w}")} for w in (1, 2)}
     design = {w: {"rate": best.get(f"design-{w}")} for w in (1, 2)}
+    onefile = {w: {"rate": best.get(f"onefile-{w}")} for w in (1, 2)}
     quiet = {"rate": best["spoolatp-quiet-2"]} if "spoolatp-quiet-2" in best else None
     huey: dict[str, dict[int, float | None]] = {}
     for kind in ("sqlite", "file"):
@@ -294,6 +306,11 @@ def section_daemon(rep: Report, fs: str, base: str, c: Counts, durable: bool, rq
         if "file" in huey:
             rep.add(fs, sec, label, rate, "tasks/s", "FileHuey consumer", huey["file"][w])
         rep.add(fs, sec, label, rate, "tasks/s", "design-floor daemon", design[w]["rate"])
+        one = f"  one-file design-floor daemon, {w} worker{'s' if w > 1 else ''}"
+        rep.add(fs, sec, one, onefile[w]["rate"], "tasks/s", "design-floor daemon", design[w]["rate"])
+        if "sqlite" in huey:
+            huey_name = f"SqliteHuey{' fsync' if durable else ''} consumer"
+            rep.add(fs, sec, one, onefile[w]["rate"], "tasks/s", huey_name, huey["sqlite"][w])
         if w == 2 and quiet:
             rep.add(
                 fs, sec, "  the same with --log-level WARNING", quiet["rate"], "tasks/s", "with INFO (default)", rate

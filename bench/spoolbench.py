@@ -26,7 +26,7 @@ from common import (
     summary,
     wait_stamps,
 )
-from designfloor import DesignFloor, design_daemon
+from designfloor import DesignFloor, OneFileFloor, design_daemon
 from floor import FloorSpool
 
 from spoolatp.errors import QueueEmpty
@@ -63,15 +63,15 @@ def _floor_produce(i: int, path: str, n: int, durable: bool) -> int:
     return n
 
 
-def _design_produce(i: int, path: str, n: int, durable: bool) -> int:
-    floor = DesignFloor(path, durable, f"s{i}")
+def _design_produce(i: int, path: str, n: int, durable: bool, layout: type[DesignFloor]) -> int:
+    floor = layout(path, durable, f"s{i}")
     for _ in range(n):
         floor.enqueue(PAYLOAD)
     return n
 
 
-def _design_consume(i: int, path: str, durable: bool) -> int:
-    floor = DesignFloor(path, durable, f"s{i}")
+def _design_consume(i: int, path: str, durable: bool, layout: type[DesignFloor]) -> int:
+    floor = layout(path, durable, f"s{i}")
     done = 0
     while (key := floor.claim()) is not None:
         floor.start(key)
@@ -104,21 +104,25 @@ def _floor_consume(i: int, path: str, durable: bool) -> int:
 
 
 def api_rates(
-    base: str, n: int, procs: int, durable: bool, systems: tuple[str, ...] = ("floor", "design", "spoolatp")
+    base: str,
+    n: int,
+    procs: int,
+    durable: bool,
+    systems: tuple[str, ...] = ("floor", "design", "onefile", "spoolatp"),
 ) -> dict[str, float]:
-    """Enqueue and dequeue+start+finish rates of spoolatp, the floor and the design floor in ``procs`` processes."""
+    """Enqueue and dequeue+start+finish rates of spoolatp, the floor and both design floors in ``procs`` processes."""
     out: dict[str, float] = {}
     per = max(1, n // procs)
-    for name, produce, consume, make in (
-        ("floor", _floor_produce, _floor_consume, lambda p: FloorSpool(p, durable)),
-        ("design", _design_produce, _design_consume, lambda p: DesignFloor(p, durable)),
-        ("spoolatp", _spool_produce, _spool_consume, lambda p: new_spool(p, durable)),
+    for name, produce, consume, make, extra in (
+        ("floor", _floor_produce, _floor_consume, lambda p: FloorSpool(p, durable), (durable,)),
+        ("design", _design_produce, _design_consume, lambda p: DesignFloor(p, durable), (durable, DesignFloor)),
+        ("onefile", _design_produce, _design_consume, lambda p: OneFileFloor(p, durable), (durable, OneFileFloor)),
+        ("spoolatp", _spool_produce, _spool_consume, lambda p: new_spool(p, durable), ()),
     ):
         if name not in systems:
             continue
         path = os.path.join(base, f"{name}-{procs}")
         make(path)
-        extra = (durable,) if name != "spoolatp" else ()
         out[f"{name}.enqueue"] = parallel_rate(procs, produce, path, per, *extra)
         out[f"{name}.consume"] = parallel_rate(procs, consume, path, *extra)
         shutil.rmtree(path, ignore_errors=True)
@@ -351,11 +355,13 @@ def _tail(path: str, lines: int = 8) -> str:
         return "(no log)"
 
 
-def design_daemon_throughput(base: str, workers: int, n: int, durable: bool) -> dict[str, Any]:
-    """The same drain on the design floor's daemon of self-claiming workers (bench/designfloor.py)."""
-    path = os.path.join(base, f"design-daemon-{workers}")
+def design_daemon_throughput(
+    base: str, workers: int, n: int, durable: bool, layout: type[DesignFloor] = DesignFloor
+) -> dict[str, Any]:
+    """The same drain on the design floor's daemon of self-claiming workers (bench/designfloor.py), on ``layout``."""
+    path = os.path.join(base, f"{layout.__name__}-daemon-{workers}")
     stamps = path + ".stamps"
-    design_daemon(path, workers, n, stamps, durable)
+    design_daemon(path, workers, n, stamps, durable, layout)
     got = read_stamps(stamps)
     shutil.rmtree(path, ignore_errors=True)
     os.unlink(stamps)
