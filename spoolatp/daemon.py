@@ -32,10 +32,13 @@ import fcntl
 import functools
 import hashlib
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import random
+import select
 import signal
 import socket
 import stat
@@ -54,7 +57,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserverVFS
 
-from spoolatp import dropin, plugins
+from spoolatp import dropin, fsio, plugins
 from spoolatp.errors import (
     ClaimLost,
     CorruptTaskFile,
@@ -87,20 +90,6 @@ NETWORK_FS = {
 
 def default_server_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def filesystem_of(path: Path) -> tuple[str, list[str]]:
-    """The type and mount options of the file system ``path`` lives on, from /proc/mounts."""
-    best, kind, options = "", "", ""
-    real = os.path.realpath(path)
-    with contextlib.suppress(OSError), open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 4:
-                mount = parts[1].replace("\\040", " ")
-                if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
-                    best, kind, options = mount, parts[2], parts[3]
-    return kind, options.split(",")
 
 
 def mount_advice(kind: str, options: list[str]) -> list[str]:
@@ -193,10 +182,12 @@ def _worker_main(
     spool = Spool(spool_path, on_event=plugins.notify)
     accept = _Acceptor(spool, conn)
     serial = ClaimLock(spool, server)
+    pending = _Pending(conn)
+    send = _sender(conn)
     done = 0
     while max_tasks is None or done < max_tasks:
         try:
-            if conn.poll() and conn.recv() is None:  # a stop (or a redundant "go") sent while this worker was busy
+            if pending() and conn.recv() is None:  # a stop (or a redundant "go") sent while this worker was busy
                 return
             claim = None
             if Lease.valid(lease):  # else presumed dead elsewhere, maybe: wait until the main process beats again
@@ -206,13 +197,13 @@ def _worker_main(
                 except QueueEmpty:
                     pass
                 except (OSError, SpoolError) as exc:  # a full, read-only or unreachable spool: wait for a wake-up
-                    conn.send(("warn", f"could not claim from {spool.path}: {exc} (will retry)"))
+                    send(("warn", f"could not claim from {spool.path}: {exc} (will retry)"))
             if claim is None:
-                conn.send(("idle",))
+                send(("idle",))
                 if conn.recv() is None:
                     return
                 continue
-            if conn.poll() and conn.recv() is None:  # the stop came while this claim was being made
+            if pending() and conn.recv() is None:  # the stop came while this claim was being made
                 with contextlib.suppress(OSError, SpoolError):
                     spool.abandon(claim, "its daemon stopped before it started", count=False)
                 return
@@ -220,7 +211,7 @@ def _worker_main(
                 timeout = spool.get_type(claim.type_id).timeout
             except (UnknownTaskType, OSError, SpoolError):  # start() reports what is wrong with the type
                 timeout = 3600.0
-            conn.send(("hold", claim, timeout, epoch))
+            send(("hold", claim, timeout, epoch))
         except (EOFError, OSError):  # the main process went away
             return
         set_lease(functools.partial(Lease.holds, lease, epoch))
@@ -233,10 +224,30 @@ def _worker_main(
         elif outcome == "unrunnable":
             accept.unrunnable.add(claim.type_id)
         try:
-            conn.send(("done", outcome, detail))
+            send(("done", outcome, detail))
         except OSError:
             return
         done += 1
+
+
+class _Pending:
+    """Whether the main process sent something: ``Connection.poll()`` without its selector built per call."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self._poll = select.poll()
+        self._poll.register(conn.fileno(), select.POLLIN)
+
+    def __call__(self) -> bool:
+        return bool(self._poll.poll(0))
+
+
+def _sender(conn: multiprocessing.connection.Connection) -> Callable[[Any], None]:
+    """``conn.send`` at less cost: plain pickle, which the other side's ``recv()`` reads as it reads its own."""
+
+    def send(msg: Any) -> None:
+        conn.send_bytes(pickle.dumps(msg, pickle.HIGHEST_PROTOCOL))
+
+    return send
 
 
 def _give_back(spool: Spool, claim: Claim, reason: str) -> str:
@@ -434,6 +445,9 @@ class _Worker:
     cancel_by: str | None = None  # who asked to cancel the running task
     kill_at: float = float("inf")  # when a cancelled task that did not stop is killed
 
+    def __post_init__(self) -> None:
+        self.pending = _Pending(self.conn)
+
 
 # --------------------------------------------------------------------------- observer
 
@@ -573,6 +587,7 @@ class Daemon:
         self._ctx = multiprocessing.get_context("forkserver")
         self._pool: list[_Worker] = []
         self._stop = 0
+        self._poller, self._polled = select.poll(), list[int]()  # see _wait
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -640,7 +655,7 @@ class Daemon:
         spool = self.spool
         for warning in trust_warnings(spool):  # check_key() in there refuses a key that does not fit
             self._warn("%s", warning)
-        fs, options = filesystem_of(spool.path)
+        fs, options = fsio.filesystem_of(spool.path)
         poll = self.poll
         if fs in NETWORK_FS:
             poll = poll or min(self.rescan, 1.0)
@@ -756,22 +771,35 @@ class Daemon:
                 + ([next_cancel_check] if self._busy() else [])
                 + ([now + self._next_due - self.spool.clock()] if self._next_due is not None else [])
             )
-            timeout = max(0.0, deadline - time.monotonic())
-            waitables: list[Any] = [self._wake_r]
-            for w in self._pool:
-                waitables += [w.conn, w.process.sentinel]
-            ready = multiprocessing.connection.wait(waitables, timeout)
+            ready = self._wait(max(0.0, deadline - time.monotonic()))
             if self._wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 want_claim = True
             for w in list(self._pool):
-                if w.conn in ready:
+                if w.conn.fileno() in ready:
                     want_claim |= self._collect(w)
                 if w.process.sentinel in ready and w in self._pool:
                     self._collect(w)  # what it said before it went: a "hold" whose task it leaves behind
                     self._bury(w)
             self._enforce_timeouts()
+
+    def _wait(self, timeout: float) -> set[int]:
+        """The descriptors that are ready among the wake-up pipe and each worker's pipe and sentinel.
+
+        One ``poll`` object kept while the pool stays the same (``multiprocessing.connection.wait``
+        builds a selector per call, twice per task).
+        """
+        fds = [self._wake_r]
+        for w in self._pool:
+            fds += [w.conn.fileno(), w.process.sentinel]
+        if fds != self._polled:
+            self._poller = select.poll()
+            for fd in fds:
+                self._poller.register(fd, select.POLLIN)
+            self._polled = fds
+        # in whole milliseconds, rounded up: a deadline a fraction of one away must not spin
+        return {fd for fd, _ in self._poller.poll(math.ceil(timeout * 1000))}
 
     # ------------------------------------------------------------------ claiming
 
@@ -821,7 +849,7 @@ class Daemon:
         wake = False
         while True:
             try:
-                if not w.conn.poll():
+                if not w.pending():
                     return wake
                 msg = w.conn.recv()
             except (EOFError, OSError):

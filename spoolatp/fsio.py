@@ -22,7 +22,7 @@ from spoolatp.errors import SpoolError, StorageError
 PathArg = str | Path
 
 
-def move(src: PathArg, dst: PathArg, *, proof: str) -> bool:
+def move(src: PathArg, dst: PathArg, *, proof: str | None) -> bool:
     """``rename(src, dst)``; True if this call moved it, False if ``src`` was gone.
 
     Network file systems report false errors here, resolved by looking where
@@ -31,7 +31,8 @@ def move(src: PathArg, dst: PathArg, *, proof: str) -> bool:
     another host created a moment ago (a retry succeeds). ``proof`` names the
     side only this caller can have touched: ``"src"`` for a private source
     (gone means we moved it), ``"dst"`` for a private destination (present
-    means we moved it there).
+    means we moved it there); None where ENOENT is the truth (a local file
+    system, see :func:`network_fs`): the source was gone.
     """
     for attempt in range(SETTLE_TRIES):
         try:
@@ -43,6 +44,8 @@ def move(src: PathArg, dst: PathArg, *, proof: str) -> bool:
                 continue
             if exc.errno != errno.ENOENT:
                 raise
+            if proof is None:
+                return False
             parent, name = os.path.split(dst)
             if proof == "src":
                 return not os.path.lexists(src) and os.path.isdir(parent)
@@ -92,6 +95,50 @@ SETTLE_TRIES = 10
 
 def settle_delay(attempt: int) -> float:
     return min(0.5, 0.005 * 2.0**attempt)  # 2.1 s over SETTLE_TRIES: past GlusterFS's 1 s of staleness
+
+
+#: file systems whose lookups, reads and sizes a process on this host can take at their word: the kernel
+#: answers them, no cache of another host's state sits in between (an NFS *server* exporting one of them
+#: sees its clients' changes here directly)
+LOCAL_FS = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "f2fs", "zfs", "jfs", "bcachefs", "overlay"}
+)
+
+#: set to 1 to treat a spool as on a network file system even where it is not (0: as local)
+NETWORK_FS_ENV = "SPOOLATP_NETWORK_FS"
+
+
+def filesystem_of(path: PathArg) -> tuple[str, list[str]]:
+    """The type and mount options of the file system ``path`` lives on; ("", []) if unknown.
+
+    Found in /proc/self/mountinfo by the device number of ``path``, so bind
+    mounts, mounts over mounts and mount points with odd names all resolve.
+    """
+    try:
+        dev = os.stat(path).st_dev
+        want = f"{os.major(dev)}:{os.minor(dev)}"
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split(" ")
+                if len(fields) > 5 and fields[2] == want and " - " in line:
+                    kind, _, rest = line.split(" - ", 1)[1].rstrip("\n").partition(" ")
+                    super_options = rest.partition(" ")[2]
+                    return kind, [*fields[5].split(","), *super_options.split(",")]
+    except OSError:
+        pass
+    return "", []
+
+
+def network_fs(path: PathArg) -> bool:
+    """Whether ``path`` may answer falsely (NFS, GlusterFS, sshfs, any FUSE or unknown file system).
+
+    Anything not known to be local counts as network, so the careful paths are
+    taken. ``$SPOOLATP_NETWORK_FS`` (1 or 0) overrides what is found.
+    """
+    forced = os.environ.get(NETWORK_FS_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return filesystem_of(path)[0] not in LOCAL_FS
 
 
 def fsync_dir(directory: PathArg) -> None:

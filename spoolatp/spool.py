@@ -88,7 +88,7 @@ a holder's own terminal record from someone else's.
 within a priority. A re-enqueued task keeps its key and therefore its
 original place. A consumer lists ``enqueued/`` once and works through the
 sorted list; it lists again when the directory changed and the last listing
-is older than ten times what a listing costs (at least 50 ms), so a more
+is older than twenty times what a listing costs (at least 50 ms), so a more
 urgent arrival is seen soon without listing the queue per task.
 
 **Delayed tasks** (``not_before``, and retries after a failure) wait in
@@ -272,6 +272,15 @@ class Spool:
         # (server, key) of claims whose names were checked (_check_claim), with the key's (type, id)
         self._valid: dict[tuple[str, str], tuple[str, str]] = {}
         self._create()
+        #: the spool's lookups are the truth (a local file system, fsio.network_fs): the careful paths that
+        #: resolve NFS's and GlusterFS's false answers are skipped, and held claims are checked by size
+        self._local = not fsio.network_fs(root)
+        # claims this process holds, as it last left them (local file systems only): (server, key, attempt)
+        # -> (task directory, state, size of the journal after this attempt's last line); see _claim_path
+        self._held: dict[tuple[str, str, int], tuple[str, State, int]] = {}
+        # the task file claim() validated last, (key, bytes, record): start() reads it again and, finding the
+        # same bytes, takes the record instead of checking and unpickling them twice
+        self._memo: tuple[str, bytes, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r})"
@@ -900,7 +909,13 @@ class Spool:
             if record.get("slot") is not None:
                 self._unlink_if_points(self.path / "slots" / str(record["slot"]), key)
         self._release_id(key)
-        fsio.remove(grave)
+        for _ in range(3):
+            fsio.remove(grave)
+            # a holder's call that looked up the task's old path just before our rename still lands in the
+            # directory (the kernel resolves the path first, then works in its inode, wherever that is now) and
+            # may add an entry as the removal lists it; its next call through that path fails
+            if not os.path.lexists(grave):
+                break
 
     def _release_id(self, key: str, files_to: Path | None = None) -> None:
         """Free the (type, id) of task ``key``; its files are removed, or moved to ``files_to``."""
@@ -1004,7 +1019,8 @@ class Spool:
 
         ``accept(type_id)`` restricts the claim to types this consumer can run.
         ``serial``: a lock held around each claim's rename, which processes that
-        claim with the same ``server`` at the same time must share (see below).
+        claim with the same ``server`` at the same time must share on a network
+        file system (see :meth:`_claim_proven`); a local one needs none.
         The queue is listed once and the sorted list is reused by later calls,
         so the cost per task does not grow with the queue (see "Order" above
         for when it is listed again). Delayed tasks that are due are promoted.
@@ -1039,19 +1055,13 @@ class Spool:
                 continue
             path = f"{sdir}/{key}"
             try:
-                # the claim: of racing consumers exactly one rename wins; the loser's source is gone. An ENOENT
-                # answer (NFS: a retransmitted rename) hid our success if the task is now in our directory,
-                # which proves it only if no one else put it there: consumers sharing a server id hold
-                # ``serial`` and look first, so no one else can have put it there between the look and ours
-                with serial or contextlib.nullcontext():
-                    # a readdir, the same evidence fsio.move's proof uses (a lookup may miss what a rename just
-                    # brought here); None: the directory could not be listed, so nothing would prove the claim
-                    if serial is not None:
-                        held = fsio.names_or_none(sdir)
-                        if held is None or key in held:
-                            continue  # another consumer of this server id holds it (or nothing could prove ours)
-                    if not fsio.move(f"{enqueued}/{key}", path, proof="dst"):
+                if self._local:
+                    # the claim: of racing consumers exactly one rename wins; the loser's source is gone, and a
+                    # local file system's ENOENT says just that (nothing to prove: no lock, no listing)
+                    if not fsio.move(f"{enqueued}/{key}", path, proof=None):
                         continue
+                elif not self._claim_proven(enqueued, sdir, key, serial):
+                    continue
             except (FileExistsError, OSError) as exc:  # ENOTEMPTY: a leftover of a crashed run of this server id
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
@@ -1080,9 +1090,9 @@ class Spool:
     def _listing_stale(self) -> bool:
         """Whether the cached listing of the queue should be refreshed before the next claim."""
         age = time.monotonic() - self._listed
-        if age > max(CACHE_TTL, 10 * self._list_cost):  # a task re-enqueued elsewhere goes back in front
+        if age > max(CACHE_TTL, 20 * self._list_cost):  # a task re-enqueued elsewhere goes back in front
             return True
-        if age < max(0.05, 10 * self._list_cost):  # listing costs at most a tenth of the time
+        if age < max(0.05, 20 * self._list_cost):  # listing costs at most a twentieth of the time
             return False
         return fsio.mtime_ns(self._dirs["enqueued"]) != self._listed_mtime  # something arrived (or left)
 
@@ -1094,6 +1104,27 @@ class Spool:
         self._candidates = sorted(fsio.listdir(self._dirs["enqueued"]), reverse=True)
         self._listed = time.monotonic()
         self._list_cost = self._listed - started
+
+    @staticmethod
+    def _claim_proven(
+        enqueued: str, sdir: str, key: str, serial: contextlib.AbstractContextManager[Any] | None
+    ) -> bool:
+        """Rename ``enqueued/key`` into ``sdir`` on a network file system; whether this call moved it.
+
+        :raises OSError: as the rename did (EEXIST, ENOTEMPTY: a leftover of a crashed run of this server id)
+        """
+        # the claim: of racing consumers exactly one rename wins; the loser's source is gone. An ENOENT
+        # answer (NFS: a retransmitted rename) hid our success if the task is now in our directory,
+        # which proves it only if no one else put it there: consumers sharing a server id hold
+        # ``serial`` and look first, so no one else can have put it there between the look and ours
+        with serial or contextlib.nullcontext():
+            # a readdir, the same evidence fsio.move's proof uses (a lookup may miss what a rename just
+            # brought here); None: the directory could not be listed, so nothing would prove the claim
+            if serial is not None:
+                held = fsio.names_or_none(sdir)
+                if held is None or key in held:
+                    return False  # another consumer of this server id holds it (or nothing could prove ours)
+            return fsio.move(f"{enqueued}/{key}", f"{sdir}/{key}", proof="dst")
 
     def promote_due(self) -> float | None:
         """Move delayed tasks that are due into ``enqueued/``; return when the next one is due."""
@@ -1123,9 +1154,11 @@ class Spool:
             return None
         # an unreadable journal must not count as no attempt (an attempt number used twice would let one
         # holder take another's terminal record for its own): the OSError makes claim() give the task back
-        attempt = self._attempts(path, settle=True, strict=True) + 1
+        journal = self._journal_data(path, settle=True, strict=True)
+        attempt = _count_state(journal, State.SCHEDULED) + 1
         try:
-            record = self._read_record(path, key, is_dir=True)  # the lstat above, after our rename, checked it
+            # the lstat above, after our rename, checked it is a directory
+            record = self._read_record(path, key, is_dir=True, remember=True)
         except CorruptTaskFile:
             return None
         except OSError:
@@ -1138,6 +1171,7 @@ class Spool:
             self._unlink_if_points(f"{self._dirs['slots']}/{record['slot']}", key)
         claim = Claim(self._root, server, key, attempt)
         self._remember_valid(server, key, ids)  # both names were checked by claim()
+        self._hold(claim, path, State.SCHEDULED, len(journal))
         try:
             self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim)
         except ClaimLost:  # deleted right after our rename
@@ -1175,6 +1209,24 @@ class Spool:
         """
         self._check_claim(claim)
         server, key = claim.server, claim.key
+        held = self._held.get((server, key, claim.attempt))
+        if held is not None:
+            path, state, size = held
+            try:
+                st = os.lstat(f"{path}/journal")
+            except OSError:
+                st = None
+            # a journal only grows (every writer appends): at the size this attempt left it, no one wrote to it
+            # since, so no later attempt claimed the task and no reaper took it (both append before they move
+            # it); a local file system answers lstat from the truth, a network one maybe from a stale cache
+            if (
+                st is not None
+                and st.st_size == size
+                and stat.S_ISREG(st.st_mode)
+                and fsio.real_dir(path[: path.rfind("/")])
+            ):
+                return path, state
+            del self._held[(server, key, claim.attempt)]
         for state in _HELD_SCHEDULED_FIRST if scheduled_first else _HELD:
             base = f"{self._dirs[DIR_OF[state]]}/{server}"
             path = f"{base}/{key}"
@@ -1231,6 +1283,9 @@ class Spool:
             if not fsio.move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
                 raise ClaimLost(f"task {claim} was taken from server {claim.server!r} before it started")
             path = dest
+            held = self._held.get((claim.server, claim.key, claim.attempt))
+            if held is not None:  # the rename moved the journal with its directory, unchanged
+                self._held[(claim.server, claim.key, claim.attempt)] = (dest, State.RUNNING, held[2])
         try:
             record = self._read_record(path, claim.key)
         except FileNotFoundError:  # fenced between our rename and this read
@@ -1282,17 +1337,15 @@ class Spool:
 
     def finish_if_not_done(self, claim: Claim, message: str = "") -> bool:
         """FINISHED unless this attempt already ended the task; return whether it changed anything."""
-        if self._own_terminal(claim) is not None:
-            return False
-        self.finish(claim, message)
-        return True
+        return self._end(claim, State.FINISHED, message or "finished", unless_ended=True)
 
     def ended(self, claim: Claim) -> State | None:
         """The terminal state this attempt gave its task, if any."""
         own = self._own_terminal(claim)
         return own[1] if own else None
 
-    def _end(self, claim: Claim, state: State, message: str) -> None:
+    def _end(self, claim: Claim, state: State, message: str, *, unless_ended: bool = False) -> bool:
+        """End this attempt; with ``unless_ended``, return False if it ended already (else ClaimLost)."""
         type_id, task_id = self._check_claim(claim)
         try:
             # held first: a task held in scheduled/ or running/ is in no terminal directory, so this attempt
@@ -1300,6 +1353,8 @@ class Spool:
             path, _ = self._claim_path(claim)
         except ClaimLost:
             if self._own_terminal(claim) is not None:
+                if unless_ended:
+                    return False
                 raise ClaimLost(f"task {claim} already ended; a second terminal state is refused") from None
             raise
         _check_lease(claim)  # just before the terminal record, which a stale path may still let through
@@ -1312,9 +1367,11 @@ class Spool:
                 raise ClaimLost(
                     f"task {claim} was taken from server {claim.server!r}; its result is discarded"
                 ) from None
+        self._held.pop((claim.server, claim.key, claim.attempt), None)
         if self.durable:  # a finished task must not come back as running after a power loss
             fsio.fsync_dir(ended)
         self._emit(state.name.lower(), type_id=type_id, task_id=task_id, key=claim.key, message=message)
+        return True
 
     def retry_later(self, claim: Claim, reason: str, delay: float | None = None) -> State:
         """After a failed attempt: try again after a backoff, or FAILED once the type's retries are used up.
@@ -1390,6 +1447,9 @@ class Spool:
     def cancel_requested(self, claim: Claim) -> str | None:
         """Who asked to cancel this held task, or None; cheap enough to poll."""
         self._check_claim(claim)
+        held = self._held.get((claim.server, claim.key, claim.attempt))
+        if held is not None:  # where this process last left it; if it moved since, it is no longer held anyway
+            return self._cancel_marker(held[0])
         for state in _HELD:
             who = self._cancel_marker(f"{self._dirs[DIR_OF[state]]}/{claim.server}/{claim.key}")
             if who is not None:
@@ -1654,11 +1714,13 @@ class Spool:
     # ------------------------------------------------------------------ files inside a task
 
     def _read_record(
-        self, path: fsio.PathArg, key: str, *, quarantine: bool = True, is_dir: bool = False
+        self, path: fsio.PathArg, key: str, *, quarantine: bool = True, is_dir: bool = False, remember: bool = False
     ) -> dict[str, Any]:
         """The enqueue record of task directory ``path``; unpickled only after its checksum or signature matched.
 
         ``is_dir``: the caller has just lstat-ed ``path`` and found a directory (not a link): not checked again.
+        ``remember``: keep the bytes and the record for the next call (claim() for start()), which returns the
+        same record, unchecked, if it reads the same bytes for the same key; any other call forgets them.
 
         :raises CorruptTaskFile: (the task is quarantined unless ``quarantine`` is False)
         :raises SigningKeyError: raised before anything is read, and quarantines nothing.
@@ -1670,12 +1732,17 @@ class Spool:
             if not is_dir and not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise CorruptTaskFile(path, "not a task directory (plain file or symlink in a state directory)")
             data = fsio.read_settled(file)
+            memo, self._memo = self._memo, None
+            if memo is not None and memo[0] == key and memo[1] == data:
+                return memo[2]  # these very bytes passed the checks below, in this process, a moment ago
             payload, _ = unseal(TASK_MAGIC, data, file, key=signer, bind=key)
             record = pickle.loads(payload)  # only after the checksum (or the signature) matched
             if not isinstance(record, dict) or not _RECORD_KEYS <= record.keys():
                 raise CorruptTaskFile(file, "record lacks type, id, input or enqueued")
             if make_key(record["type"], record["id"], int(key[1:17], 16), key_priority(key)) != key:
                 raise CorruptTaskFile(file, "record does not belong to its directory name")
+            if remember:
+                self._memo = (key, data, record)
             return record
         except (CorruptTaskFile, OSError, pickle.UnpicklingError, ValueError, EOFError) as exc:
             if isinstance(exc, FileNotFoundError) and not os.path.exists(path):
@@ -1762,12 +1829,33 @@ class Spool:
                     # cut the torn line off, or the next entry would be glued to it (and skipped with it)
                     os.ftruncate(fd, os.fstat(fd).st_size - written)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if claim is not None and self._held:
+                self._track(claim, path, os.lseek(fd, 0, os.SEEK_CUR), written)
             if self.durable:
                 os.fsync(fd)
         except OSError as exc:
             fsio.reraise(exc, f"cannot record a change of task {_name(path)} in the spool at {self}")
         finally:
             os.close(fd)
+
+    def _hold(self, claim: Claim, path: str, state: State, size: int) -> None:
+        """Remember a claim this process holds, at ``path`` with a journal of ``size`` bytes (see _claim_path)."""
+        if not self._local:
+            return
+        if len(self._held) >= 4096:  # a bound: claims given up without an end are forgotten here, not freed
+            self._held.clear()
+        self._held[(claim.server, claim.key, claim.attempt)] = (path, state, size)
+
+    def _track(self, claim: Claim, path: fsio.PathArg, end: int, written: int) -> None:
+        """After an append of ``written`` bytes that ends at offset ``end``: the held claim's journal size."""
+        k = (claim.server, claim.key, claim.attempt)
+        held = self._held.get(k)
+        if held is None:
+            return
+        if held[0] == os.fspath(path) and held[2] == end - written:  # O_APPEND: our line went right after the last
+            self._held[k] = (held[0], held[1], end)
+        else:  # someone else's line came between, or another directory: check the slow way next time
+            del self._held[k]
 
     def _journal(self, path: fsio.PathArg, *, settle: bool = False, strict: bool = False) -> list[LogRecord]:
         """The journal of task directory ``path``; [] if it has none.
@@ -1783,8 +1871,7 @@ class Spool:
             return [LogRecord(time.time(), None, f"journal unreadable: {exc}")]
         return _parse_journal(data)
 
-    @classmethod
-    def _journal_data(cls, path: str, *, settle: bool = False, strict: bool = False) -> bytes:
+    def _journal_data(self, path: str, *, settle: bool = False, strict: bool = False) -> bytes:
         """The raw journal of task directory ``path``; empty if there is none or (without ``strict``) it cannot be read.
 
         (:meth:`_journal` would give no record with a state either way.)
@@ -1797,14 +1884,13 @@ class Spool:
         stays unreadable.
         """
         try:
-            return cls._read_journal(path, settle=settle, strict=strict)
+            return self._read_journal(path, settle=settle, strict=strict)
         except OSError:
             if strict:
                 raise
             return b""
 
-    @staticmethod
-    def _read_journal(path: str, *, settle: bool, strict: bool) -> bytes:
+    def _read_journal(self, path: str, *, settle: bool, strict: bool) -> bytes:
         """The raw journal of task directory ``path``, b"" if it has none; :raises OSError: it cannot be read."""
         for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
             try:
@@ -1812,6 +1898,8 @@ class Spool:
             except NotADirectoryError:
                 return b""
             except OSError as exc:
+                if exc.errno == errno.ENOENT and self._local:
+                    return b""  # a local file system's lookup is the truth: none yet, or the directory moved on
                 if exc.errno == errno.ENOENT and (settle or strict):
                     # GlusterFS may answer a lookup of a file a rename just brought here with ENOENT; the
                     # readdir of its directory is answered by the server

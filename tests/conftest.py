@@ -2,6 +2,8 @@
 
 - ``spool``: a fresh :class:`spoolatp.Spool` in ``tmp_path``.
 - ``tracker_spool``: the same, selected for this process's tracker API.
+- ``both_fs_modes``: runs a module twice (``pytestmark = pytest.mark.usefixtures("both_fs_modes")``): once
+  with a local file system's fast paths, once with the careful paths taken on network file systems.
 - an autouse guard failing any test that leaves child processes or threads behind.
 
 Warnings are errors and every test has a timeout: both come from ``pyproject.toml``.
@@ -10,6 +12,7 @@ Warnings are errors and every test has a timeout: both come from ``pyproject.tom
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
 import threading
 import time
@@ -18,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from spoolatp import Spool, tracker
+from spoolatp import Spool, fsio, tracker
 
 
 @pytest.fixture(autouse=True)
@@ -37,6 +40,18 @@ def no_leaked_children_or_threads() -> Iterator[None]:
         child.kill()
         child.join(5)
     pytest.fail(f"test leaked child processes {children} or threads {threads}")
+
+
+@pytest.fixture(scope="module", params=["local", "network"])
+def both_fs_modes(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Spools opened meanwhile take the local (``$SPOOLATP_NETWORK_FS=0``) or the network paths (``=1``)."""
+    old = os.environ.get(fsio.NETWORK_FS_ENV)
+    os.environ[fsio.NETWORK_FS_ENV] = "1" if request.param == "network" else "0"
+    yield request.param
+    if old is None:
+        del os.environ[fsio.NETWORK_FS_ENV]
+    else:
+        os.environ[fsio.NETWORK_FS_ENV] = old
 
 
 @pytest.fixture

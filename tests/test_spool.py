@@ -26,8 +26,11 @@ from spoolatp import (
     TaskExists,
     TaskNotFound,
     UnknownTaskType,
+    fsio,
 )
 from spoolatp.format import STATE_DIRS, TASK_MAGIC, decode_name, encode_name, make_key, parse_key, seal, validate_id
+
+pytestmark = pytest.mark.usefixtures("both_fs_modes")  # the local fast paths and the network paths
 
 SERVER = "atpd-test"
 TICK = 0.02  # longer than the tiny timeouts and retentions registered below
@@ -978,3 +981,37 @@ def test_journal_counts_from_raw_bytes_agree_with_parsing_every_line(
             assert _count_state(journal, state) == sum(1 for r in records if r.state is state)
         ends = [r for r in records if r.state is not None and r.state.terminal]
         assert _last_end(journal) == (ends[-1] if ends else None)
+
+
+def test_file_systems_are_told_apart_and_the_setting_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(fsio.NETWORK_FS_ENV, raising=False)
+    assert fsio.network_fs("/proc")  # not a file system known to be local: the careful paths
+    monkeypatch.setenv(fsio.NETWORK_FS_ENV, "1")
+    assert fsio.network_fs(tmp_path)
+    monkeypatch.setenv(fsio.NETWORK_FS_ENV, "0")
+    assert not fsio.network_fs("/proc")
+
+
+def test_a_line_another_writer_appended_to_a_held_task_is_checked_and_the_attempt_goes_on(spool: Spool, T: str) -> None:
+    spool.enqueue(T, "Task001", None)
+    (claim,) = spool.claim(SERVER)
+    spool.start(claim)
+    journal = spool.path / "running" / SERVER / claim.key / "journal"
+    with open(journal, "ab") as f:  # not this process's line: its size no longer proves the holder
+        f.write(b'{"t":1.0,"s":null,"m":"from elsewhere"}\n')
+    spool.note(claim, "still mine")
+    spool.finish(claim)
+    messages = [r.message for r in spool.log(T, "Task001")]
+    assert messages[-3:] == ["from elsewhere", "still mine", "finished"]
+    assert spool.status(T, "Task001") is State.FINISHED
+
+
+def test_finish_if_not_done_leaves_a_task_another_handle_ended(spool: Spool, T: str) -> None:
+    spool.enqueue(T, "Task001", None)
+    (claim,) = spool.claim(SERVER)
+    spool.start(claim)
+    Spool(spool.path).fail(claim, "ended through another handle")  # as a handler's TaskStatus does
+    assert spool.cancel_requested(claim) is None
+    assert spool.finish_if_not_done(claim) is False
+    assert spool.status(T, "Task001") is State.FAILED
+    assert [r.message for r in spool.log(T, "Task001")][-1] == "ended through another handle"

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from test_spool import raw_states
 
-from spoolatp import Claim, ClaimLost, QueueEmpty, QueueFull, Spool, State, TaskExists, TaskNotFound
+from spoolatp import Claim, ClaimLost, QueueEmpty, QueueFull, Spool, State, TaskExists, TaskNotFound, fsio
 from spoolatp.format import encode_name
 
 CAP = 4
@@ -39,10 +39,21 @@ class Task:
 
 
 class SpoolMachine(RuleBasedStateMachine):
+    #: take a network file system's careful paths (fsio.network_fs), not a local one's fast paths
+    network = False
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="spoolatp-sm-")
-        self.spool = Spool(Path(self.dir) / "spool")
+        old = os.environ.get(fsio.NETWORK_FS_ENV)
+        os.environ[fsio.NETWORK_FS_ENV] = "1" if self.network else "0"
+        try:
+            self.spool = Spool(Path(self.dir) / "spool")
+        finally:
+            if old is None:
+                del os.environ[fsio.NETWORK_FS_ENV]
+            else:
+                os.environ[fsio.NETWORK_FS_ENV] = old
         self.spool.configure(max_queue=CAP)
         self.spool.register_type("A", "h", timeout=3600, timeret=-1, maxrestart=MAXRESTART)
         self.spool.register_type("Z", "h", timeout=1e-9, timeret=1e-9, maxrestart=MAXRESTART)
@@ -204,3 +215,11 @@ SpoolMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestSpoolStateMachine = SpoolMachine.TestCase
+
+
+class NetworkSpoolMachine(SpoolMachine):
+    network = True
+
+
+NetworkSpoolMachine.TestCase.settings = SpoolMachine.TestCase.settings
+TestNetworkSpoolStateMachine = NetworkSpoolMachine.TestCase
