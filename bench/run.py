@@ -46,7 +46,7 @@ class Counts:
     e2e_rq: int
     latency: int
     latency_watchdog: int
-    idle_s: float
+    idle_s: float  # the idle window; the idle daemon sweeps once in it (30 s: the default interval)
     depths: list[int]
     depth_big: int  # tmpfs only; 0 = skip
     peer_depths: list[int]
@@ -56,7 +56,7 @@ class Counts:
 
 
 FULL = Counts(
-    3, 5000, 3000, 5000, 500, 200, 40, 5.0, [1000, 10000, 100000], 1_000_000, [1000, 10000, 50000], 1.5, 2000, 300
+    3, 5000, 3000, 5000, 500, 200, 40, 30.0, [1000, 10000, 100000], 1_000_000, [1000, 10000, 50000], 1.5, 2000, 300
 )
 QUICK = Counts(1, 400, 300, 300, 40, 30, 4, 2.0, [200, 2000], 0, [200, 2000], 0.5, 200, 50)
 
@@ -392,7 +392,9 @@ def section_latency(rep: Report, fs: str, base: str, c: Counts) -> None:
         ours["idle_cpu_main_pct"],
         "%",
         0.5,
-        note=f"schedstat over {ours['idle_window_s']:.1f} s; utime+stime ticks say "
+        note=f"schedstat over {ours['idle_window_s']:.1f} s with {ours['idle_heartbeats']} heartbeats and a sweep "
+        f"every {ours['idle_sweep_interval_s']:g} s; costliest wake-up "
+        f"{max(ours['idle_bursts_ms'], default=0.0):.1f} ms; utime+stime ticks say "
         f"{ours['idle_cpu_main_ticks_pct']:.2f} %; whole tree {ours['idle_cpu_tree_pct']:.2f} %",
     )
 

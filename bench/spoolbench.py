@@ -390,26 +390,16 @@ def _wait_line(path: str, count: int, timeout: float = 10.0) -> float | None:
     return None
 
 
-def daemon_latency_and_idle(base: str, n: int, idle_s: float) -> dict[str, Any]:
-    """Wake-up latency (enqueue -> handler start) of an idle daemon, then its idle CPU."""
+def daemon_latency_and_idle(base: str, n: int, idle_s: float, sweep_s: float | None = None) -> dict[str, Any]:
+    """Idle CPU of a daemon (see :func:`daemon_idle_cpu`), then the wake-up latency (enqueue -> handler
+    start) of another one, idle but with the daemon's default settings."""
+    out = daemon_idle_cpu(base, idle_s, sweep_s)
     path = os.path.join(base, "latency")
     stamps = os.path.join(base, "latency.stamps")
     spool = new_spool(path)
     daemon = DaemonProcess(path, 1, os.path.join(base, "daemon.log"))
-    out: dict[str, Any] = {}
     try:
         wait_idle_daemon(spool, stamps, daemon)
-        # idle CPU first, on a daemon that has been idle for a second
-        pid = daemon.proc.pid
-        tree0 = _tree_cpu(pid)
-        c0, p0, t0 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
-        time.sleep(idle_s)
-        c1, p1, t1 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
-        tree1 = _tree_cpu(pid)
-        out["idle_cpu_main_pct"] = 100 * (p1 - p0) / (t1 - t0)  # schedstat: exact
-        out["idle_cpu_main_ticks_pct"] = 100 * (c1 - c0) / (t1 - t0)  # utime+stime: 10 ms ticks
-        out["idle_cpu_tree_pct"] = 100 * (tree1 - tree0) / (t1 - t0)
-        out["idle_window_s"] = t1 - t0
         lat, pub, enq = [], [], []
         for i in range(n):
             time.sleep(random.uniform(0.01, 0.03))
@@ -430,6 +420,58 @@ def daemon_latency_and_idle(base: str, n: int, idle_s: float) -> dict[str, Any]:
         daemon.stop()
     shutil.rmtree(path, ignore_errors=True)
     return out
+
+
+def daemon_idle_cpu(base: str, idle_s: float, sweep_s: float | None = None) -> dict[str, Any]:
+    """On-CPU time of an idle daemon's main process (all its threads) over ``idle_s`` seconds.
+
+    The window holds the daemon's periodic work, not just the quiet between it: the daemon sweeps every
+    ``sweep_s`` seconds (default ``idle_s``, so about one sweep falls into each window: with the
+    daemon's default of 30 s that is ``30 / sweep_s`` times their real share, an upper bound), and
+    heartbeats every 5 s (its default); the heartbeats written in the window are counted from the
+    heartbeat file's mtime. The CPU is sampled every 0.25 s, so the figures show what each wake-up
+    cost. The wake-up latency is measured on another daemon, whose sweeps do not come this often.
+    """
+    sweep_s = idle_s if sweep_s is None else sweep_s
+    path = os.path.join(base, "idle")
+    stamps = os.path.join(base, "idle.stamps")
+    spool = new_spool(path)
+    daemon = DaemonProcess(path, 1, os.path.join(base, "daemon.log"), ["--sweep-interval", f"{sweep_s:g}"])
+    out: dict[str, Any] = {"idle_sweep_interval_s": sweep_s}
+    try:
+        wait_idle_daemon(spool, stamps, daemon)  # idle for a second after its warm-up tasks
+        pid = daemon.proc.pid
+        tree0 = _tree_cpu(pid)
+        c0, p0, t0 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
+        beats, last_beat, prev, bursts = 0, _beat_mtime(path), p0, []
+        while (left := t0 + idle_s - time.monotonic()) > 0:
+            time.sleep(min(0.25, left))
+            now_cpu, beat = cpu_seconds_precise(pid), _beat_mtime(path)
+            if now_cpu - prev > 1e-4:
+                bursts.append(round((now_cpu - prev) * 1000, 2))
+            if beat != last_beat:
+                beats, last_beat = beats + 1, beat
+            prev = now_cpu
+        c1, p1, t1 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
+        tree1 = _tree_cpu(pid)
+        out["idle_cpu_main_pct"] = 100 * (p1 - p0) / (t1 - t0)  # schedstat: exact
+        out["idle_cpu_main_ticks_pct"] = 100 * (c1 - c0) / (t1 - t0)  # utime+stime: 10 ms ticks
+        out["idle_cpu_tree_pct"] = 100 * (tree1 - tree0) / (t1 - t0)
+        out["idle_window_s"] = t1 - t0
+        out["idle_heartbeats"] = beats
+        out["idle_bursts_ms"] = bursts  # main-process CPU of each 0.25 s in which it ran (> 0.1 ms)
+    finally:
+        daemon.stop()
+    shutil.rmtree(path, ignore_errors=True)
+    return out
+
+
+def _beat_mtime(spool_path: str) -> float:
+    """The mtime of the (only) daemon's heartbeat file: a change is a heartbeat written."""
+    try:
+        return max((e.stat().st_mtime for e in os.scandir(os.path.join(spool_path, "daemons"))), default=0.0)
+    except OSError:
+        return 0.0
 
 
 def _tree_cpu(root: int) -> float:

@@ -20,9 +20,11 @@ wakes the next), so an idle daemon lists the queue once per wake-up.
 
 Wake-up: a watchdog observer on ``enqueued/`` and ``drop/`` only writes a
 byte to a pipe the main loop waits on (no task runs on the observer thread).
-A rescan every ``rescan`` seconds backs it up, because inotify can drop
-events and sees nothing another host does; on a network file system the
-daemon polls instead.
+A rescan backs it up, because inotify can drop events and sees nothing
+another host does; on a network file system the daemon polls instead. On
+inotify the rescan comes with the heartbeat and wakes a worker only when
+``enqueued/`` changed since the last look, so an idle daemon wakes once per
+heartbeat and lists nothing but ``delayed/``; see :meth:`Daemon._loop`.
 """
 
 from __future__ import annotations
@@ -297,6 +299,10 @@ class Lease:
 #: the share of ``dead_after`` a heartbeat's lease lasts: other hosts wait all of it, from the file's mtime
 LEASE_SHARE = 0.6
 
+#: the share of the shortest ``timeret`` by which a sweep may delete a retired task late: ended tasks are
+#: listed (and each stat-ed) at most once per this share of it, not on every sweep
+RETIRE_SLACK = 0.1
+
 
 def host_lock_path(spool: Spool, server: str, what: str) -> str:
     """A lock file on this host's disk for ``what`` of daemon ``server`` on ``spool`` (never in the spool)."""
@@ -533,7 +539,8 @@ class Daemon:
     :param heartbeat: seconds between heartbeats in ``daemons/``.
     :param dead_after: a daemon whose heartbeat is older than this is presumed
         dead and its tasks are re-enqueued by a sweep.
-    :param rescan: seconds between rescans of the queue that back up inotify.
+    :param rescan: seconds between rescans of the queue that back up inotify (default: with every
+        heartbeat; polling, on a network file system, every second).
     :param cancel_grace: seconds a handler gets to stop after its task was cancelled.
     :param burst: drain the queue and return instead of waiting for more.
     """
@@ -550,7 +557,7 @@ class Daemon:
         sweep_interval: float = 30.0,
         heartbeat: float = 5.0,
         dead_after: float = 60.0,
-        rescan: float = 2.0,
+        rescan: float | None = None,
         cancel_grace: float = 10.0,
         burst: bool = False,
         key_file: str | os.PathLike[str] | None = None,
@@ -566,7 +573,12 @@ class Daemon:
         if max_tasks_per_worker is not None and max_tasks_per_worker < 1:
             raise ValueError(f"max_tasks_per_worker must be at least 1, not {max_tasks_per_worker}")
         self._key_file = None if self.spool.key_file is None else str(self.spool.key_file)
-        for name, value in (("grace", grace), ("sweep_interval", sweep_interval), ("heartbeat", heartbeat)):
+        for name, value in (
+            ("grace", grace),
+            ("sweep_interval", sweep_interval),
+            ("heartbeat", heartbeat),
+            ("rescan", 1.0 if rescan is None else rescan),
+        ):
             if value < 0 or (name != "grace" and value == 0):
                 raise ValueError(f"{name} must be a positive number of seconds, not {value}")
         if poll is not None and poll <= 0:
@@ -597,6 +609,10 @@ class Daemon:
         self._lease = self._ctx.RawArray("d", 2)  # see Lease
         self._rewake = False  # an arrival rang while a worker was looking: wake one again when it answers
         self._started = time.time()
+        self._scanned_mtime: int | None = None  # enqueued/'s mtime at the last rescan that woke a worker
+        self._claim_failed = False  # a worker could not claim (it waits for the next rescan to try again)
+        self._retire_keeps: dict[str, float] = {}  # timeret by type at the last listing of the ended tasks
+        self._retire_at = 0.0  # when (spool clock) the ended tasks are worth listing again
 
     def _info(self, msg: str, *args: Any) -> None:
         self.log.info("[%s] " + msg, self.server_id, *args)
@@ -658,7 +674,7 @@ class Daemon:
         fs, options = fsio.filesystem_of(spool.path)
         poll = self.poll
         if fs in NETWORK_FS:
-            poll = poll or min(self.rescan, 1.0)
+            poll = poll or min(self.rescan or 1.0, 1.0)
             self._warn(
                 "spool %s is on a network file system (%s): inotify sees nothing other hosts do; polling every %g s",
                 spool.path,
@@ -709,7 +725,15 @@ class Daemon:
         return 0
 
     def _loop(self, poll: float | None) -> None:
-        rescan = poll if poll is not None else self.rescan
+        """Wait for events, workers and timers; act on them.
+
+        The timers of an idle daemon share one wake-up per heartbeat: the rescan that backs up inotify
+        runs with the heartbeat (same period, same start), and a sweep due before the next heartbeat
+        runs with this one. Each wake-up of the main process costs far more than its system calls
+        (cold caches: a millisecond or more on a busy host), so their number, not their work, is what an
+        idle daemon's CPU is made of.
+        """
+        rescan = poll if poll is not None else self.rescan if self.rescan is not None else self.heartbeat
         next_sweep = time.monotonic()  # sweep at once: drop-ins and zombies left while we were down
         next_beat = 0.0
         next_scan = 0.0
@@ -729,7 +753,10 @@ class Daemon:
                         w.conn.send(None)
             if drain_until is not None and (not self._pool or now >= drain_until):
                 return
-            if now >= next_sweep:
+            beat_due = now >= next_beat
+            if now >= next_sweep or (
+                beat_due and self.sweep_interval >= self.heartbeat and next_sweep < now + self.heartbeat
+            ):
                 self._sweep()
                 next_sweep = now + self.sweep_interval * random.uniform(0.8, 1.2)
                 want_claim = True
@@ -737,11 +764,12 @@ class Daemon:
                 self._drop_due = False
                 self._ingest()
                 want_claim = True
-            if now >= next_beat:
+            if beat_due:
                 want_claim |= self._beat()  # after a lapse, idle workers wait for this
                 next_beat = now + self.heartbeat
-            if now >= next_scan:
-                want_claim = self._delayed_changed = True
+            scan = now >= next_scan
+            if scan:
+                self._delayed_changed = True
                 next_scan = now + rescan
             if self._delayed_changed or (self._next_due is not None and self.spool.clock() >= self._next_due):
                 self._delayed_changed = False
@@ -750,7 +778,9 @@ class Daemon:
                 except OSError as exc:  # read-only or failing spool: the next scan tries again
                     self._warn("could not promote delayed tasks in %s: %s (will retry)", self.spool.path, exc)
                     self._next_due = None
-                want_claim = True
+                want_claim |= not scan  # an event or the timer; a rescan decides below (a promotion shows there)
+            if scan:
+                want_claim |= poll is not None or self._queue_changed()
             if self._busy() and now >= next_cancel_check:
                 self._check_cancels(now)
                 next_cancel_check = now + min(0.25, rescan)
@@ -802,6 +832,26 @@ class Daemon:
         return {fd for fd, _ in self._poller.poll(math.ceil(timeout * 1000))}
 
     # ------------------------------------------------------------------ claiming
+
+    def _queue_changed(self) -> bool:
+        """Whether a rescan on inotify should wake a worker: ``enqueued/`` changed since the last one that did.
+
+        Every arrival, claim and promotion renames in ``enqueued/`` and so moves its mtime (nanoseconds on
+        a local file system): an unchanged one means nothing arrived whose event inotify could have
+        dropped. An mtime younger than 2 s is not trusted (a change in the same clock tick as the
+        ``stat`` leaves it as it was), nor is it after a worker could not claim (it retries on a rescan).
+        Each sweep still wakes a worker, whatever the mtime says.
+        """
+        try:
+            mtime = os.stat(self.spool.path / "enqueued").st_mtime_ns
+        except OSError:
+            return True
+        settled = time.time_ns() - mtime > 2_000_000_000
+        if mtime == self._scanned_mtime and settled and not self._claim_failed:
+            return False
+        self._scanned_mtime = mtime if settled else None
+        self._claim_failed = False
+        return True
 
     def _wake_one(self) -> None:
         """Send "go" to one idle worker (it claims what it finds).
@@ -867,6 +917,7 @@ class Daemon:
                 wake = wake or self._rewake
                 self._rewake = False
             elif msg[0] == "warn":
+                self._claim_failed = True
                 self._warn("%s", msg[1])
             elif msg[0] == "cannot" and msg[1] not in self._reported:
                 self._reported.add(msg[1])
@@ -1041,12 +1092,37 @@ class Daemon:
             for t, i, st in spool.reenqueue_zombies():
                 self._info("abandoned task %s/%s: %s", t, i, st.name)
             self._reap_dead_daemons()
-            for t, i in spool.delete_retired():
-                self._info("retired task %s/%s deleted", t, i)
+            self._delete_retired()
             spool.sweep_tmp()
         except (OSError, SpoolError) as exc:
             self._warn("sweep of %s failed: %s (will retry)", spool.path, exc)
         self._ingest()
+
+    def _delete_retired(self) -> None:
+        """Delete retired tasks, listing the ended ones only when one may be due.
+
+        Listing ``finished/`` and ``failed/`` (and a ``stat`` per task whose type retires) grows with the
+        tasks kept, so it is not done on every sweep but when the earliest task the last listing saw is
+        due, or a task ended since could be (the shortest ``timeret`` after that listing), or the types'
+        ``timeret`` changed, and then at most once per :data:`RETIRE_SLACK` of the shortest ``timeret``.
+        No type retires (the default, ``timeret`` -1): nothing is listed. A task whose journal was stamped
+        long before it reached ``finished/`` (its holder died before the move) is deleted up to the
+        shortest ``timeret`` late.
+        """
+        spool = self.spool
+        keeps = {t.name: t.timeret for t in spool.types() if t.timeret > 0}
+        if not keeps:
+            self._retire_keeps = {}
+            return
+        now = spool.clock()
+        if keeps == self._retire_keeps and now < self._retire_at:
+            return
+        deleted, next_due = spool.retire(keeps)
+        for t, i in deleted:
+            self._info("retired task %s/%s deleted", t, i)
+        shortest = min(keeps.values())
+        self._retire_keeps = keeps
+        self._retire_at = max(min(next_due, now + shortest), now + RETIRE_SLACK * shortest)
 
     def _ingest(self) -> None:
         """Turn drop-ins into tasks (on a sweep, and as soon as watchdog sees one arrive)."""

@@ -1650,14 +1650,25 @@ class Spool:
 
     def delete_retired(self) -> list[tuple[str, str]]:
         """Delete FINISHED and FAILED tasks older than their type's ``timeret`` (> 0)."""
+        return self.retire()[0]
+
+    def retire(self, keeps: dict[str, float] | None = None) -> tuple[list[tuple[str, str]], float]:
+        """:meth:`delete_retired`, and when (spool clock) the next of the tasks it left becomes due.
+
+        ``keeps``: ``timeret`` by type, for the types whose tasks retire (> 0); read per task when not
+        given. The time is ``inf`` when nothing it saw will ever retire, and now for a task whose end
+        could not be read (it is looked at again next time). The tasks it lists are every ended task, so
+        the caller decides how often that is worth it (see ``Daemon._delete_retired``).
+        """
         now = self.clock()
         out = []
+        next_due = math.inf
         for state in (State.FINISHED, State.FAILED):
             base = self.path / DIR_OF[state]
             for key in fsio.listdir(base):
                 try:
                     type_id, task_id = parse_key(key)
-                    keep = self.get_type(type_id).timeret
+                    keep = self.get_type(type_id).timeret if keeps is None else keeps.get(type_id, -1.0)
                 except (ValueError, UnknownTaskType):
                     continue
                 if keep <= 0:
@@ -1668,7 +1679,11 @@ class Spool:
                         self._quarantine(base / key, reason)
                     continue
                 ended = fsio.mtime(base / key / "journal", None)
-                if ended is None or now - ended <= keep:
+                if ended is None:
+                    next_due = now
+                    continue
+                if now - ended <= keep:
+                    next_due = min(next_due, ended + keep)
                     continue
                 grave = self.path / "tmp" / f"del~{secrets.token_hex(4)}~{key}"
                 if not fsio.move(base / key, grave, proof="dst"):  # one winner when several sweepers retire at once
@@ -1676,7 +1691,7 @@ class Spool:
                 self._bury(grave, key)
                 out.append((type_id, task_id))
                 self._emit("retired", type_id=type_id, task_id=task_id, key=key)
-        return out
+        return out, next_due
 
     def sweep_tmp(self, grace: float = TMP_GRACE) -> list[str]:
         """Finish or undo what crashed processes left in ``tmp/`` more than ``grace`` seconds ago."""
