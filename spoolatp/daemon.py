@@ -5,7 +5,10 @@ own tasks and runs the guide's consumer body (claim, start, handler, finish)
 one task after another until the queue is empty, so no task waits for the
 main process. Before a task starts, its worker tells the main process which
 attempt it holds and its timeout ("hold"), and after it how it ended
-("done"). So the main process always knows which attempt runs where and
+("done", told with the next "hold" when the worker claims again at once:
+until then the main process counts the ended task as running, which costs
+at most a needless kill should its timeout fall in those microseconds). So
+the main process always knows which attempt runs where and
 since when, and can kill a worker whose attempt ran past its type's timeout
 before it gives the task back: a re-enqueue never overlaps a still-running
 attempt of this daemon. A handler that crashes, leaks or calls ``os._exit``
@@ -166,12 +169,15 @@ def _worker_main(
 ) -> None:
     """Claim and run tasks until the queue is empty, then wait for the main process to say "go" (or stop).
 
-    Messages to the main process: ``("hold", claim, timeout)`` right after a
-    claim and before its task starts (so the main process can enforce the
-    timeout and give the task back if this worker dies), ``("done", outcome,
-    detail)`` after it, ``("idle",)`` when nothing waits that this host can
-    run, ``("cannot", type_id, handler)`` once per type whose handler is not
-    installed. From the main process: ``"go"`` (look again) or ``None`` (stop).
+    Messages to the main process: ``("hold", claim, timeout, epoch)`` right
+    after a claim and before its task starts (so the main process can enforce
+    the timeout and give the task back if this worker dies), ``("done",
+    outcome, detail)`` after it, ``("idle",)`` when nothing waits that this
+    host can run, ``("cannot", type_id, handler)`` once per type whose handler
+    is not installed. A "done" followed by the next claim's "hold" goes as one
+    message, ``("next", outcome, detail, claim, timeout, epoch)``: one pipe
+    write and one wake-up of the main process per task instead of two. From
+    the main process: ``"go"`` (look again) or ``None`` (stop).
 
     ``lease`` is shared with the main process (see :class:`Lease`): no claim
     while it has lapsed, and no end of an attempt claimed before it lapsed.
@@ -186,9 +192,17 @@ def _worker_main(
     serial = ClaimLock(spool, server)
     pending = _Pending(conn)
     send = _sender(conn)
+    ended: tuple[str, str] | None = None  # how the last task ended, not told yet: it goes with the next "hold"
+
+    def tell_ended() -> None:
+        nonlocal ended
+        if ended is not None:
+            send(("done", *ended))
+            ended = None
+
     done = 0
-    while max_tasks is None or done < max_tasks:
-        try:
+    try:
+        while max_tasks is None or done < max_tasks:
             if pending() and conn.recv() is None:  # a stop (or a redundant "go") sent while this worker was busy
                 return
             claim = None
@@ -199,8 +213,10 @@ def _worker_main(
                 except QueueEmpty:
                     pass
                 except (OSError, SpoolError) as exc:  # a full, read-only or unreachable spool: wait for a wake-up
+                    tell_ended()
                     send(("warn", f"could not claim from {spool.path}: {exc} (will retry)"))
             if claim is None:
+                tell_ended()
                 send(("idle",))
                 if conn.recv() is None:
                     return
@@ -213,23 +229,28 @@ def _worker_main(
                 timeout = spool.get_type(claim.type_id).timeout
             except (UnknownTaskType, OSError, SpoolError):  # start() reports what is wrong with the type
                 timeout = 3600.0
-            send(("hold", claim, timeout, epoch))
-        except (EOFError, OSError):  # the main process went away
-            return
-        set_lease(functools.partial(Lease.holds, lease, epoch))
-        try:
-            outcome, detail = run_claim(spool, claim)
-        except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
-            outcome, detail = "unrecorded", str(exc)
-        if outcome in ("lost", "unrecorded"):
-            detail += _give_back(spool, claim, f"{outcome} after an error: {detail}")
-        elif outcome == "unrunnable":
-            accept.unrunnable.add(claim.type_id)
-        try:
-            send(("done", outcome, detail))
-        except OSError:
-            return
-        done += 1
+            if ended is None:
+                send(("hold", claim, timeout, epoch))
+            else:
+                send(("next", *ended, claim, timeout, epoch))
+                ended = None
+            set_lease(functools.partial(Lease.holds, lease, epoch))
+            try:
+                outcome, detail = run_claim(spool, claim)
+            except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
+                outcome, detail = "unrecorded", str(exc)
+            if outcome in ("lost", "unrecorded"):
+                detail += _give_back(spool, claim, f"{outcome} after an error: {detail}")
+            elif outcome == "unrunnable":
+                accept.unrunnable.add(claim.type_id)
+            ended = (outcome, detail)
+            done += 1
+        tell_ended()
+    except (EOFError, OSError):  # the main process went away
+        return
+    finally:
+        with contextlib.suppress(EOFError, OSError):
+            tell_ended()  # a worker that stops says how its last task ended first
 
 
 class _Pending:
@@ -904,6 +925,9 @@ class Daemon:
                 msg = w.conn.recv()
             except (EOFError, OSError):
                 return wake  # the worker died; its sentinel will tell
+            if msg[0] == "next":  # "done", then the "hold" of the next task
+                self._done(w, msg[1], msg[2])
+                msg = ("hold", *msg[3:])
             if msg[0] == "hold":
                 w.claim, timeout, w.epoch = msg[1], msg[2], msg[3]
                 w.idle, w.started = False, time.monotonic()
