@@ -1170,6 +1170,7 @@ class Spool:
         if record.get("slot") is not None:
             self._unlink_if_points(f"{self._dirs['slots']}/{record['slot']}", key)
         claim = Claim(self._root, server, key, attempt)
+        claim.__dict__["_ids"] = ids  # Claim._ids (a cached_property): claim() parsed the key already
         self._remember_valid(server, key, ids)  # both names were checked by claim()
         self._hold(claim, path, State.SCHEDULED, len(journal))
         try:
