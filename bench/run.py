@@ -397,6 +397,16 @@ def section_latency(rep: Report, fs: str, base: str, c: Counts) -> None:
         f"{max(ours['idle_bursts_ms'], default=0.0):.1f} ms; utime+stime ticks say "
         f"{ours['idle_cpu_main_ticks_pct']:.2f} %; whole tree {ours['idle_cpu_tree_pct']:.2f} %",
     )
+    rep.add(
+        fs,
+        "idle",
+        "  the same, against a process that only writes a heartbeat every 5 s",
+        ours["idle_cpu_main_pct"],
+        "%",
+        "heartbeat-only process",
+        ours["idle_cpu_heartbeat_only_pct"],
+        higher_is_better=False,
+    )
 
 
 def section_depth(rep: Report, fs: str, base: str, c: Counts, depths: list[int]) -> None:

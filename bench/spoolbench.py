@@ -436,12 +436,15 @@ def daemon_idle_cpu(base: str, idle_s: float, sweep_s: float | None = None) -> d
     path = os.path.join(base, "idle")
     stamps = os.path.join(base, "idle.stamps")
     spool = new_spool(path)
+    # the baseline, beside it in the same window: a process that does nothing but write a heartbeat file
+    floor = subprocess.Popen([sys.executable, "-c", _HEARTBEAT_ONLY, os.path.join(base, "idle-floor")])
     daemon = DaemonProcess(path, 1, os.path.join(base, "daemon.log"), ["--sweep-interval", f"{sweep_s:g}"])
     out: dict[str, Any] = {"idle_sweep_interval_s": sweep_s}
     try:
         wait_idle_daemon(spool, stamps, daemon)  # idle for a second after its warm-up tasks
         pid = daemon.proc.pid
         tree0 = _tree_cpu(pid)
+        f0 = cpu_seconds_precise(floor.pid)
         c0, p0, t0 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
         beats, last_beat, prev, bursts = 0, _beat_mtime(path), p0, []
         while (left := t0 + idle_s - time.monotonic()) > 0:
@@ -453,8 +456,10 @@ def daemon_idle_cpu(base: str, idle_s: float, sweep_s: float | None = None) -> d
                 beats, last_beat = beats + 1, beat
             prev = now_cpu
         c1, p1, t1 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
+        f1 = cpu_seconds_precise(floor.pid)
         tree1 = _tree_cpu(pid)
         out["idle_cpu_main_pct"] = 100 * (p1 - p0) / (t1 - t0)  # schedstat: exact
+        out["idle_cpu_heartbeat_only_pct"] = 100 * (f1 - f0) / (t1 - t0)
         out["idle_cpu_main_ticks_pct"] = 100 * (c1 - c0) / (t1 - t0)  # utime+stime: 10 ms ticks
         out["idle_cpu_tree_pct"] = 100 * (tree1 - tree0) / (t1 - t0)
         out["idle_window_s"] = t1 - t0
@@ -462,8 +467,26 @@ def daemon_idle_cpu(base: str, idle_s: float, sweep_s: float | None = None) -> d
         out["idle_bursts_ms"] = bursts  # main-process CPU of each 0.25 s in which it ran (> 0.1 ms)
     finally:
         daemon.stop()
+        floor.kill()
+        floor.wait()
     shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(os.path.join(base, "idle-floor"), ignore_errors=True)
     return out
+
+
+#: the least an idle daemon does: every 5 s (the daemon's default heartbeat) write a small JSON file to a
+#: temporary name and rename it into place; what waking up costs on this machine, measured beside the daemon
+_HEARTBEAT_ONLY = """
+import json, os, sys, time
+d = sys.argv[1]
+os.makedirs(d, exist_ok=True)
+while True:
+    tmp = os.path.join(d, "beat.tmp")
+    with open(tmp, "w") as f:
+        json.dump({"beat": time.time(), "pid": os.getpid()}, f)
+    os.rename(tmp, os.path.join(d, "beat.json"))
+    time.sleep(5.0)
+"""
 
 
 def _beat_mtime(spool_path: str) -> float:

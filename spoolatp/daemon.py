@@ -630,6 +630,7 @@ class Daemon:
         self._lease = self._ctx.RawArray("d", 2)  # see Lease
         self._rewake = False  # an arrival rang while a worker was looking: wake one again when it answers
         self._started = time.time()
+        self._host = socket.gethostname()  # for the heartbeat: an idle daemon's every system call counts
         self._scanned_mtime: int | None = None  # enqueued/'s mtime at the last rescan that woke a worker
         self._claim_failed = False  # a worker could not claim (it waits for the next rescan to try again)
         self._retire_keeps: dict[str, float] = {}  # timeret by type at the last listing of the ended tasks
@@ -1086,7 +1087,7 @@ class Daemon:
         began = Lease.now()
         running = [w.claim.key for w in self._pool if w.claim is not None]
         info = {
-            "host": socket.gethostname(),
+            "host": self._host,
             "pid": os.getpid(),
             "workers": self.workers,
             "running": running,

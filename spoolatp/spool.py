@@ -391,8 +391,8 @@ class Spool:
         """
         now = time.monotonic()
         if self._settings is None or now - self._settings[0] > CACHE_TTL:
-            with open(self.path / "spool.json", "rb") as f:
-                self._settings = (now, json.load(f))
+            # read again each second by every busy process: the few system calls of fsio.read_file, not open()'s
+            self._settings = (now, json.loads(fsio.read_file(f"{self._root}/spool.json")))
         return self._settings[1]
 
     @property
@@ -1217,9 +1217,10 @@ class Spool:
                 st = os.lstat(f"{path}/journal")
             except OSError:
                 st = None
-            # a journal only grows (every writer appends): at the size this attempt left it, no one wrote to it
-            # since, so no later attempt claimed the task and no reaper took it (both append before they move
-            # it); a local file system answers lstat from the truth, a network one maybe from a stale cache
+            # a task taken from this attempt left this path (a reaper or a delete renames it away first), and
+            # one claimed into it again has one SCHEDULED line more (a journal only grows): at the size this
+            # attempt left it, it is this attempt's; a local file system answers lstat from the truth, a
+            # network one maybe from a stale cache, which is why only local spools remember claims here
             if (
                 st is not None
                 and st.st_size == size
