@@ -5,11 +5,10 @@ own tasks and runs the guide's consumer body (claim, start, handler, finish)
 one task after another until the queue is empty, so no task waits for the
 main process. Before a task starts, its worker tells the main process which
 attempt it holds and its timeout ("hold"), and after it how it ended
-("done", told with the next "hold" when the worker claims again at once:
-until then the main process counts the ended task as running, which costs
-at most a needless kill should its timeout fall in those microseconds). So
-the main process always knows which attempt runs where and
-since when, and can kill a worker whose attempt ran past its type's timeout
+("done", told with the next "hold" when the worker claims again at once;
+a counter the worker raises first tells the main process meanwhile that the
+task has ended, so it is not killed for its timeout). So the main process
+always knows which attempt runs where and since when, and can kill a worker whose attempt ran past its type's timeout
 before it gives the task back: a re-enqueue never overlaps a still-running
 attempt of this daemon. A handler that crashes, leaks or calls ``os._exit``
 takes down only its worker, which is replaced. A worker killed between its
@@ -166,6 +165,7 @@ def _worker_main(
     lease: Any,
     key_file: str | None = None,
     max_tasks: int | None = None,
+    runs: Any = None,
 ) -> None:
     """Claim and run tasks until the queue is empty, then wait for the main process to say "go" (or stop).
 
@@ -181,6 +181,9 @@ def _worker_main(
 
     ``lease`` is shared with the main process (see :class:`Lease`): no claim
     while it has lapsed, and no end of an attempt claimed before it lapsed.
+    ``runs`` (shared with the main process) counts the tasks this worker has
+    run to their end: raised before the next claim, so the main process knows
+    a task has ended before the "next" that says how.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -243,6 +246,8 @@ def _worker_main(
                 detail += _give_back(spool, claim, f"{outcome} after an error: {detail}")
             elif outcome == "unrunnable":
                 accept.unrunnable.add(claim.type_id)
+            if runs is not None:
+                runs.value += 1  # before the next claim: the main process must not kill this worker for it now
             ended = (outcome, detail)
             done += 1
         tell_ended()
@@ -471,9 +476,15 @@ class _Worker:
     deadline: float = float("inf")
     cancel_by: str | None = None  # who asked to cancel the running task
     kill_at: float = float("inf")  # when a cancelled task that did not stop is killed
+    runs: Any = None  # shared: how many tasks the worker ran to their end (see _worker_main)
+    holds: int = 0  # how many "hold"s it sent
 
     def __post_init__(self) -> None:
         self.pending = _Pending(self.conn)
+
+    def between(self) -> bool:
+        """Whether the task it holds has ended and the worker is claiming the next (its "next" is coming)."""
+        return self.claim is not None and self.runs is not None and self.runs.value >= self.holds
 
 
 # --------------------------------------------------------------------------- observer
@@ -802,7 +813,8 @@ class Daemon:
                     self._next_due = None
                 want_claim |= not scan  # an event or the timer; a rescan decides below (a promotion shows there)
             if scan:
-                want_claim |= poll is not None or self._queue_changed()
+                # enqueued/'s mtime is the truth only on a local file system; elsewhere every rescan looks
+                want_claim |= poll is not None or not self.spool.local or self._queue_changed()
             if self._busy() and now >= next_cancel_check:
                 self._check_cancels(now)
                 next_cancel_check = now + min(0.25, rescan)
@@ -906,15 +918,24 @@ class Daemon:
 
     def _spawn(self) -> None:
         parent, child = self._ctx.Pipe()
+        runs = self._ctx.RawValue("q", 0)
         process = self._ctx.Process(
             target=_worker_main,
-            args=(child, str(self.spool.path), self.server_id, self._lease, self._key_file, self.max_tasks_per_worker),
+            args=(
+                child,
+                str(self.spool.path),
+                self.server_id,
+                self._lease,
+                self._key_file,
+                self.max_tasks_per_worker,
+                runs,
+            ),
             name=f"spoolatp-worker-{self.server_id}",
             daemon=True,
         )
         process.start()
         child.close()
-        self._pool.append(_Worker(process, parent))
+        self._pool.append(_Worker(process, parent, runs=runs))
 
     def _collect(self, w: _Worker) -> bool:
         """Read what a worker said; return True if another idle worker should look for work too."""
@@ -930,6 +951,7 @@ class Daemon:
                 self._done(w, msg[1], msg[2])
                 msg = ("hold", *msg[3:])
             if msg[0] == "hold":
+                w.holds += 1
                 w.claim, timeout, w.epoch = msg[1], msg[2], msg[3]
                 w.idle, w.started = False, time.monotonic()
                 w.deadline = w.started + timeout
@@ -1001,7 +1023,7 @@ class Daemon:
         w.conn.close()
         code = w.process.exitcode
         cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with status {code}"
-        if w.claim is not None:
+        if w.claim is not None and not w.between():
             self._end_dead(w, w.claim, f"worker process {w.process.pid} {cause} while running the handler", fail=True)
         elif code != 0 and not self._stop:
             # it died between a claim and its "hold": that task is given back when this daemon stops, or when
@@ -1015,6 +1037,9 @@ class Daemon:
         for w in list(self._pool):
             self._collect(w)  # a task it ended meanwhile is not cancelled, nor killed
             if w.claim is None:
+                continue
+            if w.between():  # ended; the worker claims its next task, which it reports next
+                w.kill_at = float("inf")
                 continue
             if w.cancel_by is None:
                 w.cancel_by = self.spool.cancel_requested(w.claim)
@@ -1035,15 +1060,15 @@ class Daemon:
         What it said before it died is read first: the end of its task, and maybe the "hold" of the next
         one, which is given back at once.
         """
-        killed = w.claim
+        held, running = w.claim, not w.between()  # an ended task whose "next" is coming is not running
         w.process.kill()
         w.process.join()
         self._collect(w)
-        if w.claim is not None and w.claim != killed:
+        if w.claim is not None and w.claim != held:
             self._end_dead(w, w.claim, "its worker was killed before it started", fail=False, count=False)
         self._pool.remove(w)
         w.conn.close()
-        return killed is not None and w.claim == killed
+        return running and held is not None and w.claim == held
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
@@ -1052,6 +1077,9 @@ class Daemon:
                 continue
             self._collect(w)  # it may have ended that task just now
             if w.claim is None or now < w.deadline:
+                continue
+            if w.between():  # it did, and claims its next task, which it reports next: no deadline until then
+                w.deadline = float("inf")
                 continue
             claim, limit = w.claim, w.deadline - w.started
             if self._kill(w):
@@ -1135,7 +1163,11 @@ class Daemon:
         shortest ``timeret`` late.
         """
         spool = self.spool
-        keeps = {t.name: t.timeret for t in spool.types() if t.timeret > 0}
+        try:
+            keeps = {t.name: t.timeret for t in spool.types() if t.timeret > 0}
+        except (OSError, SpoolError) as exc:  # an unreadable type file must not stop the rest of the sweep
+            self._warn("could not read the task types to retire tasks: %s (will retry)", exc)
+            return
         if not keeps:
             self._retire_keeps = {}
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import re
 import shutil
 import stat
 import time
@@ -111,22 +112,35 @@ NETWORK_FS_ENV = "SPOOLATP_NETWORK_FS"
 def filesystem_of(path: PathArg) -> tuple[str, list[str]]:
     """The type and mount options of the file system ``path`` lives on; ("", []) if unknown.
 
-    Found in /proc/self/mountinfo by the device number of ``path``, so bind
-    mounts, mounts over mounts and mount points with odd names all resolve.
+    Found in /proc/self/mountinfo by the device number of ``path`` (bind
+    mounts and mounts over mounts resolve), else by the longest mount point
+    that contains it (a btrfs subvolume's device number is in no mount line).
     """
     try:
         dev = os.stat(path).st_dev
-        want = f"{os.major(dev)}:{os.minor(dev)}"
+        real = os.path.realpath(path)
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split(" ")
-                if len(fields) > 5 and fields[2] == want and " - " in line:
-                    kind, _, rest = line.split(" - ", 1)[1].rstrip("\n").partition(" ")
-                    super_options = rest.partition(" ")[2]
-                    return kind, [*fields[5].split(","), *super_options.split(",")]
+            lines = f.read().splitlines()
     except OSError:
-        pass
-    return "", []
+        return "", []
+    want, best, found = f"{os.major(dev)}:{os.minor(dev)}", "", ("", list[str]())
+    for line in lines:
+        fields = line.split(" ")
+        if len(fields) < 6 or " - " not in line:
+            continue
+        kind, _, rest = line.split(" - ", 1)[1].partition(" ")
+        mount = _unescape(fields[4])
+        entry = (kind, [*fields[5].split(","), *rest.partition(" ")[2].split(",")])
+        if fields[2] == want:
+            return entry
+        if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) >= len(best):
+            best, found = mount, entry  # the last of equal mount points is the one on top
+    return found
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path: space, tab, newline and backslash come as octal escapes (\\040 ...)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def network_fs(path: PathArg) -> bool:
@@ -182,9 +196,9 @@ def read_settled(file: PathArg) -> bytes:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def read_file(file: PathArg) -> bytes:
-    """The whole of ``file``, opened ``O_NOFOLLOW``: unbuffered, a few system calls for a small file."""
-    fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW)
+def read_file(file: PathArg, *, follow: bool = False) -> bytes:
+    """The whole of ``file`` (``O_NOFOLLOW`` unless ``follow``): unbuffered, a few system calls for a small file."""
+    fd = os.open(file, os.O_RDONLY if follow else os.O_RDONLY | os.O_NOFOLLOW)
     try:
         data = os.read(fd, READ_CHUNK)
         if not data:

@@ -282,6 +282,11 @@ class Spool:
         # same bytes, takes the record instead of checking and unpickling them twice
         self._memo: tuple[str, bytes, dict[str, Any]] | None = None
 
+    @property
+    def local(self) -> bool:
+        """Whether the spool is on a local file system, whose answers are the truth (see fsio.network_fs)."""
+        return self._local
+
     def __repr__(self) -> str:
         return f"Spool({str(self.path)!r})"
 
@@ -392,7 +397,7 @@ class Spool:
         now = time.monotonic()
         if self._settings is None or now - self._settings[0] > CACHE_TTL:
             # read again each second by every busy process: the few system calls of fsio.read_file, not open()'s
-            self._settings = (now, json.loads(fsio.read_file(f"{self._root}/spool.json")))
+            self._settings = (now, json.loads(fsio.read_file(f"{self._root}/spool.json", follow=True)))
         return self._settings[1]
 
     @property
@@ -1063,7 +1068,8 @@ class Spool:
                 elif not self._claim_proven(enqueued, sdir, key, serial):
                     continue
             except (FileExistsError, OSError) as exc:  # ENOTEMPTY: a leftover of a crashed run of this server id
-                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                # ENOTDIR, EISDIR: a file planted where the task would go; the task waits, the others flow
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
                     raise
                 continue
             try:
@@ -1176,6 +1182,7 @@ class Spool:
         try:
             self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim)
         except ClaimLost:  # deleted right after our rename
+            self._held.pop((server, key, attempt), None)
             return None
         return claim
 
@@ -1225,6 +1232,7 @@ class Spool:
                 st is not None
                 and st.st_size == size
                 and stat.S_ISREG(st.st_mode)
+                and fsio.real_dir(path)
                 and fsio.real_dir(path[: path.rfind("/")])
             ):
                 return path, state
@@ -1399,6 +1407,7 @@ class Spool:
         when = datetime.fromtimestamp(due, timezone.utc).isoformat(timespec="seconds")
         note = f"retry {n} of {ttype.retries} in {delay:.1f} s (at {when}): {reason}"
         self._append(path, State.ENQUEUED, note, claim, retry=n)
+        self._held.pop((claim.server, claim.key, claim.attempt), None)  # given up, whatever the move says
         dest = self.path / "delayed" / f"{int(due * 1e9):016x}~{claim.key}"
         if not fsio.move(path, dest, proof="dst"):  # fails if a reaper fenced the claim first
             raise ClaimLost(f"task {claim} was taken from server {claim.server!r}; its retry is discarded")
@@ -1450,8 +1459,10 @@ class Spool:
         """Who asked to cancel this held task, or None; cheap enough to poll."""
         self._check_claim(claim)
         held = self._held.get((claim.server, claim.key, claim.attempt))
-        if held is not None:  # where this process last left it; if it moved since, it is no longer held anyway
-            return self._cancel_marker(held[0])
+        if held is not None:  # where this process last left it (another handle may have moved it: then look)
+            who = self._cancel_marker(held[0])
+            if who is not None or fsio.real_dir(held[0]):
+                return who
         for state in _HELD:
             who = self._cancel_marker(f"{self._dirs[DIR_OF[state]]}/{claim.server}/{claim.key}")
             if who is not None:
@@ -1505,6 +1516,7 @@ class Spool:
             path, _ = self._claim_path(claim)
         except ClaimLost:
             return None
+        self._held.pop((claim.server, claim.key, claim.attempt), None)
         return self._reap(path, claim.key, reason, count=count)
 
     def give_back(self, claim: Claim, reason: str) -> State | None:
@@ -1520,6 +1532,7 @@ class Spool:
         or None if the server does not hold it.
         """
         self._check_claim(claim)
+        self._held.pop((claim.server, claim.key, claim.attempt), None)
         return self._give_back(claim.server, claim.key, reason, attempt=claim.attempt)
 
     def _give_back(self, server: str, key: str, reason: str, *, attempt: int | None = None) -> State | None:

@@ -1015,3 +1015,20 @@ def test_finish_if_not_done_leaves_a_task_another_handle_ended(spool: Spool, T: 
     assert spool.finish_if_not_done(claim) is False
     assert spool.status(T, "Task001") is State.FAILED
     assert [r.message for r in spool.log(T, "Task001")][-1] == "ended through another handle"
+
+
+def test_a_file_planted_where_a_claim_would_go_holds_back_only_that_task(spool: Spool, T: str) -> None:
+    first = spool.enqueue(T, "Task001", None)
+    spool.enqueue(T, "Task002", None)
+    (spool.path / "scheduled" / SERVER).mkdir(parents=True, exist_ok=True)
+    (spool.path / "scheduled" / SERVER / first).write_text("planted")
+    assert [c.task_id for c in spool.claim(SERVER, limit=2)] == ["Task002"]
+    assert spool.status(T, "Task001") is State.ENQUEUED
+
+
+def test_a_cancel_is_seen_after_another_handle_started_the_task(spool: Spool, T: str) -> None:
+    spool.enqueue(T, "Task001", None)
+    (claim,) = spool.claim(SERVER)
+    Spool(spool.path).start(claim)  # this handle still remembers the task in scheduled/
+    spool.cancel(T, "Task001", by="alice")
+    assert spool.cancel_requested(claim) == "alice"
