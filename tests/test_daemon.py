@@ -403,3 +403,26 @@ def test_max_tasks_per_worker_recycles_workers(tmp_path: Path) -> None:
     assert spool.counts()["FINISHED"] == 6
     pids = Counter(line.split()[1] for line in marker.read_text().splitlines())
     assert len(pids) == 3 and set(pids.values()) == {2}  # one worker, replaced after every second task
+
+
+def test_a_task_that_ended_is_not_killed_while_its_worker_claims_the_next(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    """A worker tells how a task ended only with its next claim; a slow claim must not look like a hung task."""
+    spool = Spool(tmp_path / "spool")
+    marker, log = tmp_path / "ran.txt", tmp_path / "daemon.log"
+    spool.register_type("Mark", "testing.marker", timeout=0.5)
+    spool.enqueue("Mark", "first", {"path": str(marker)}, priority=9)
+    spool.enqueue("Mark", "second", {"path": str(marker)})
+    # names that sort between the two tasks, each quarantined by the claim that meets it: the claim after
+    # "first" takes several times its timeout
+    for n in range(5000):
+        (spool.path / "enqueued" / f"0~not-a-key-{n:05d}").touch()
+    daemons.append(start_daemon(spool, "--workers", "1", log=log))
+    wait_for(all_terminal(spool, 2), 120, "both tasks to end")
+    assert [spool.status("Mark", t) for t in ("first", "second")] == [State.FINISHED, State.FINISHED]
+    assert "killed" not in log.read_text()
+    assert len({line.split()[1] for line in marker.read_text().splitlines()}) == 1  # one worker ran both
+    for task in ("first", "second"):
+        assert sum(1 for r in spool.log("Mark", task) if r.state is State.RUNNING) == 1
+    assert stop(daemons[0]) == 0
