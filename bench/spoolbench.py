@@ -390,10 +390,10 @@ def _wait_line(path: str, count: int, timeout: float = 10.0) -> float | None:
     return None
 
 
-def daemon_latency_and_idle(base: str, n: int, idle_s: float, sweep_s: float | None = None) -> dict[str, Any]:
+def daemon_latency_and_idle(base: str, n: int, idle_s: float) -> dict[str, Any]:
     """Idle CPU of a daemon (see :func:`daemon_idle_cpu`), then the wake-up latency (enqueue -> handler
     start) of another one, idle but with the daemon's default settings."""
-    out = daemon_idle_cpu(base, idle_s, sweep_s)
+    out = daemon_idle_cpu(base, idle_s)
     path = os.path.join(base, "latency")
     stamps = os.path.join(base, "latency.stamps")
     spool = new_spool(path)
@@ -422,24 +422,23 @@ def daemon_latency_and_idle(base: str, n: int, idle_s: float, sweep_s: float | N
     return out
 
 
-def daemon_idle_cpu(base: str, idle_s: float, sweep_s: float | None = None) -> dict[str, Any]:
+def daemon_idle_cpu(base: str, idle_s: float) -> dict[str, Any]:
     """On-CPU time of an idle daemon's main process (all its threads) over ``idle_s`` seconds.
 
     The window holds the daemon's periodic work, not just the quiet between it: the daemon sweeps every
-    ``sweep_s`` seconds (default ``idle_s``, so about one sweep falls into each window: with the
-    daemon's default of 30 s that is ``30 / sweep_s`` times their real share, an upper bound), and
-    heartbeats every 5 s (its default); the heartbeats written in the window are counted from the
-    heartbeat file's mtime. The CPU is sampled every 0.25 s, so the figures show what each wake-up
-    cost. The wake-up latency is measured on another daemon, whose sweeps do not come this often.
+    ``idle_s`` seconds, so one sweep falls into each window (at the default interval of 30 s that is
+    their real share; in a shorter window, an upper bound), and heartbeats every 5 s (its default);
+    the heartbeats written in the window are counted from the heartbeat file's mtime. The CPU is
+    sampled every 0.25 s, so the figures show what each wake-up cost. The wake-up latency is measured
+    on another daemon, whose sweeps do not come this often.
     """
-    sweep_s = idle_s if sweep_s is None else sweep_s
     path = os.path.join(base, "idle")
     stamps = os.path.join(base, "idle.stamps")
     spool = new_spool(path)
     # the baseline, beside it in the same window: a process that does nothing but write a heartbeat file
     floor = subprocess.Popen([sys.executable, "-c", _HEARTBEAT_ONLY, os.path.join(base, "idle-floor")])
-    daemon = DaemonProcess(path, 1, os.path.join(base, "daemon.log"), ["--sweep-interval", f"{sweep_s:g}"])
-    out: dict[str, Any] = {"idle_sweep_interval_s": sweep_s}
+    daemon = DaemonProcess(path, 1, os.path.join(base, "daemon.log"), ["--sweep-interval", f"{idle_s:g}"])
+    out: dict[str, Any] = {"idle_sweep_interval_s": idle_s}
     try:
         wait_idle_daemon(spool, stamps, daemon)  # idle for a second after its warm-up tasks
         pid = daemon.proc.pid
