@@ -71,7 +71,7 @@ from spoolatp.errors import (
     SpoolError,
     UnknownTaskType,
 )
-from spoolatp.format import KEY_ENV, SPOOL_DIRS, Claim, State, validate_id
+from spoolatp.format import KEY_ENV, SPOOL_DIRS, Claim, StartedTask, State, validate_id
 from spoolatp.spool import Spool, set_lease
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,7 @@ def _worker_main(
             if Lease.valid(lease):  # else presumed dead elsewhere, maybe: wait until the main process beats again
                 epoch = lease[1]
                 try:
-                    claim = spool.claim(server, accept=accept, serial=serial)[0]
+                    claim, started = spool.claim_and_start(server, accept=accept, serial=serial)
                 except QueueEmpty:
                     pass
                 except (OSError, SpoolError) as exc:  # a full, read-only or unreachable spool: wait for a wake-up
@@ -226,7 +226,7 @@ def _worker_main(
                 continue
             if pending() and conn.recv() is None:  # the stop came while this claim was being made
                 with contextlib.suppress(OSError, SpoolError):
-                    spool.abandon(claim, "its daemon stopped before it started", count=False)
+                    spool.abandon(claim, "its daemon stopped before its handler ran", count=False)
                 return
             try:
                 timeout = spool.get_type(claim.type_id).timeout
@@ -239,7 +239,7 @@ def _worker_main(
                 ended = None
             set_lease(functools.partial(Lease.holds, lease, epoch))
             try:
-                outcome, detail = run_claim(spool, claim)
+                outcome, detail = run_claim(spool, claim, started)
             except OSError as exc:  # the spool refused even the record of the failure (full, read-only)
                 outcome, detail = "unrecorded", str(exc)
             if outcome in ("lost", "unrecorded"):
@@ -409,9 +409,10 @@ def _die_with_parent() -> None:
             os._exit(1)
 
 
-def run_claim(spool: Spool, claim: Claim) -> tuple[str, str]:
+def run_claim(spool: Spool, claim: Claim, started: StartedTask | None = None) -> tuple[str, str]:
     """The guide's consumer body for one claim; return ``(outcome, detail)``.
 
+    ``started``: what :meth:`Spool.claim_and_start` returned with the claim; None: start it here.
     outcome is a state name, ``"lost"`` (the claim was taken away) or
     ``"unrunnable"`` (the handler is not installed here).
     """
@@ -419,7 +420,7 @@ def run_claim(spool: Spool, claim: Claim) -> tuple[str, str]:
 
     status = TaskStatus(claim)
     try:
-        _, _, handler_name, inputs = spool.start(claim)
+        _, _, handler_name, inputs = started if started is not None else spool.start(claim)
         try:
             handler = plugins.load_handler(handler_name)
         except HandlerNotFound as exc:

@@ -74,7 +74,8 @@ checked (:func:`validate_id`) wherever they enter.
 **State is where the directory is.** Every state change is one ``rename`` of
 the task directory within the spool's file system, so a reader sees a task
 in exactly one state directory and never half-written. A consumer claims by
-renaming ``enqueued/KEY`` into its own ``scheduled/SERVER/``; of two racing
+renaming ``enqueued/KEY`` into its own ``scheduled/SERVER/`` (or straight into
+``running/SERVER/`` with :meth:`Spool.claim_and_start`); of two racing
 consumers exactly one rename succeeds.
 
 **Fencing.** Everything a consumer writes while it holds a task goes through
@@ -1032,16 +1033,53 @@ class Spool:
 
         :raises QueueEmpty: nothing (acceptable) is waiting.
         """
-        if server not in self._server_dirs:  # a server named there was validated already
+        return [claim for claim, _ in self._take(server, accept, limit, message, serial, start=False)]
+
+    def claim_and_start(
+        self,
+        server: str,
+        *,
+        accept: Callable[[str], bool] | None = None,
+        message: str = "",
+        serial: contextlib.AbstractContextManager[Any] | None = None,
+    ) -> tuple[Claim, StartedTask | None]:
+        """Dequeue the next task and start it in one step: ENQUEUED -> RUNNING, for a consumer that runs it at once.
+
+        What :meth:`claim` then :meth:`start` do, with one rename instead of two and both journal
+        records (SCHEDULED, then RUNNING) in one append: the task's history is the same, it only never
+        sits in ``scheduled/``. The daemon's workers dequeue this way. The claim is ended with
+        :meth:`finish`, :meth:`fail` and the rest, as any other.
+
+        Returns the claim and what :meth:`start` would return, or None in its place when the task's
+        type is not registered or its input cannot be unpickled here: :meth:`start` on the claim then
+        raises why, for the consumer to report as it reports any failed start.
+
+        :raises QueueEmpty: nothing (acceptable) is waiting.
+        """
+        return self._take(server, accept, 1, message, serial, start=True)[0]
+
+    def _take(
+        self,
+        server: str,
+        accept: Callable[[str], bool] | None,
+        limit: int,
+        message: str,
+        serial: contextlib.AbstractContextManager[Any] | None,
+        *,
+        start: bool,
+    ) -> list[tuple[Claim, StartedTask | None]]:
+        """Rename up to ``limit`` tasks from ``enqueued/`` into ``scheduled/SERVER/`` (``running/SERVER/`` to ``start``)."""
+        made = self._running_dirs if start else self._server_dirs
+        if server not in made:  # a server named there was validated already
             validate_id(server, "server id")
         self._signing_key()  # before a task moves: a consumer without the spool's key must not strand one
         enqueued = self._dirs["enqueued"]
-        sdir = f"{self._dirs['scheduled']}/{server}"
-        if server not in self._server_dirs:
+        sdir = f"{self._dirs['running' if start else 'scheduled']}/{server}"
+        if server not in made:
             Path(sdir).mkdir(mode=0o770, exist_ok=True)
             fsio.check_real_dir(sdir)
-            self._server_dirs.add(server)
-        claims: list[Claim] = []
+            made.add(server)
+        claims: list[tuple[Claim, StartedTask | None]] = []
         refreshed = False
         while len(claims) < limit:
             if not refreshed and (not self._candidates or self._listing_stale()):
@@ -1073,7 +1111,7 @@ class Spool:
                     raise
                 continue
             try:
-                claim = self._claimed(path, server, key, message, ids)
+                claim = self._claimed(path, server, key, message, ids, start=start)
             except (OSError, ClaimLost) as exc:
                 # its SCHEDULED record could not be written, or its journal read (a flaky network mount): give
                 # it back rather than hold a task nobody knows it holds; if even that fails, the zombie sweep
@@ -1150,7 +1188,10 @@ class Spool:
             self._listed = 0.0
         return None
 
-    def _claimed(self, path: str, server: str, key: str, message: str, ids: tuple[str, str]) -> Claim | None:
+    def _claimed(
+        self, path: str, server: str, key: str, message: str, ids: tuple[str, str], *, start: bool = False
+    ) -> tuple[Claim, StartedTask | None] | None:
+        """Record the claim of the task just renamed to ``path``; with ``start`` (it went to running/), its start too."""
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:  # deleted right after our rename
@@ -1178,13 +1219,24 @@ class Spool:
         claim = Claim(self._root, server, key, attempt)
         claim.__dict__["_ids"] = ids  # Claim._ids (a cached_property): claim() parsed the key already
         self._remember_valid(server, key, ids)  # both names were checked by claim()
-        self._hold(claim, path, State.SCHEDULED, len(journal))
+        started: StartedTask | None = None
+        if start:
+            self._memo = None  # the record is used right here, not read again by start()
+            with contextlib.suppress(UnknownTaskType, OSError, SpoolError):  # start() raises it for the consumer
+                if record:
+                    handler = self.get_type(record["type"]).handler
+                    started = StartedTask(record["type"], record["id"], handler, record["input"])
+        self._hold(claim, path, State.RUNNING if start else State.SCHEDULED, len(journal))
         try:
-            self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim)
+            # started: both records in one append, the directory being in running/ already
+            then = (State.RUNNING, "started") if started is not None else None
+            self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim, then=then)
         except ClaimLost:  # deleted right after our rename
             self._held.pop((server, key, attempt), None)
             return None
-        return claim
+        if started is not None:
+            self._emit("started", type_id=ids[0], task_id=ids[1], key=key, attempt=attempt)
+        return claim, started
 
     def _check_claim(self, claim: Claim) -> tuple[str, str]:
         """Refuse a claim whose server or key could lead out of the spool; return the key's (type, id).
@@ -1806,7 +1858,10 @@ class Spool:
         progress: float | None = None,
         restart: int | None = None,
         retry: int | None = None,
+        then: tuple[State, str] | None = None,
     ) -> None:
+        """Append one record to the journal of the task directory ``path``; ``then``: a second (state, message)
+        record of the same claim in the same write (claim_and_start)."""
         now = self.clock()
         code = int(state) if state else None
         # _records_with relies on this form: compact separators, members t, s, m first
@@ -1824,7 +1879,12 @@ class Spool:
             # (float and int repr, JSON strings), written out, at a fraction of the cost
             field = "null" if code is None else code
             text, srv = _json_string(message), _json_string(claim.server)
-            line = f'{{"t":{now!r},"s":{field},"m":{text},"srv":{srv},"att":{claim.attempt}}}\n'.encode()
+            line = f'{{"t":{now!r},"s":{field},"m":{text},"srv":{srv},"att":{claim.attempt}}}\n'
+            if then is not None and type(then[1]) is str:
+                then_text = _json_string(then[1])
+                line += f'{{"t":{now!r},"s":{int(then[0])},"m":{then_text},"srv":{srv},"att":{claim.attempt}}}\n'
+                then = None
+            line = line.encode()
         else:
             entry: dict[str, Any] = {"t": now, "s": code, "m": message}
             if retry is not None:
@@ -1838,6 +1898,11 @@ class Spool:
             if restart is not None:
                 entry["restart"] = restart
             line = _JOURNAL_LINE.encode(entry).encode() + b"\n"
+        if then is not None:  # not written out above
+            entry = {"t": now, "s": int(then[0]), "m": then[1]}
+            if claim is not None:
+                entry["srv"], entry["att"] = claim.server, claim.attempt
+            line += _JOURNAL_LINE.encode(entry).encode() + b"\n"
         for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
             try:
                 # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the

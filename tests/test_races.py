@@ -82,7 +82,7 @@ def test_eight_processes_dequeue_five_thousand_tasks_each_exactly_once(spool: Sp
     assert (sample.state, sample.attempts) == (State.FINISHED, 1)
 
 
-def drain_shared(spool_path: str, out: str, go: Any) -> None:
+def drain_shared(spool_path: str, out: str, go: Any, how: str) -> None:
     from spoolatp.daemon import ClaimLock
 
     spool = Spool(spool_path)
@@ -91,24 +91,30 @@ def drain_shared(spool_path: str, out: str, go: Any) -> None:
     go.wait()
     while True:
         try:
-            (claim,) = spool.claim("shared", serial=lock)
+            if how == "claim_and_start":
+                claim, started = spool.claim_and_start("shared", serial=lock)
+                assert started is not None and started.input == int(claim.task_id[4:])
+            else:
+                (claim,) = spool.claim("shared", serial=lock)
+                spool.start(claim)
         except QueueEmpty:
             break
         claimed.append(claim.key)
-        spool.start(claim)
         spool.finish(claim)
     Path(out).write_text("\n".join(claimed))
 
 
 @pytest.mark.timeout(180)
-def test_processes_sharing_a_server_id_dequeue_each_task_exactly_once(spool: Spool, tmp_path: Path) -> None:
-    # a daemon's workers claim into one scheduled/SERVER/: their stale listings keep offering tasks a sibling
-    # has just claimed, whose rename then fails with ENOENT while the task sits in the shared directory
+@pytest.mark.parametrize("how", ["claim", "claim_and_start"])
+def test_processes_sharing_a_server_id_dequeue_each_task_exactly_once(spool: Spool, tmp_path: Path, how: str) -> None:
+    # a daemon's workers claim into one scheduled/SERVER/ (running/SERVER/ when they start at once): their stale
+    # listings keep offering tasks a sibling has just claimed, whose rename then fails with ENOENT while the
+    # task sits in the shared directory
     spool.register_type("T", "h")
     keys = {spool.enqueue("T", f"task{n:04d}", n) for n in range(2000)}
     go = ctx.Event()
     outs = [tmp_path / f"claims-{n}.txt" for n in range(4)]
-    procs = start_all(drain_shared, [(str(spool.path), str(out), go) for out in outs])
+    procs = start_all(drain_shared, [(str(spool.path), str(out), go, how) for out in outs])
     go.set()
     join_all(procs, timeout=150)
     claims = Counter(k for out in outs for k in out.read_text().split("\n") if k)

@@ -150,6 +150,53 @@ def test_start_moves_it_to_RUNNING_and_returns_type_id_handler_and_input(spool: 
     assert where(spool, claim.key) == [f"running/{SERVER}"]
 
 
+def test_claim_and_start_moves_the_task_straight_to_RUNNING_with_both_records(spool: Spool, T: str) -> None:
+    spool.enqueue(T, "Task001", {"values": (1, 2)})
+    spool.enqueue(T, "Task002", None)
+    claim, started = spool.claim_and_start(SERVER)
+    assert tuple(started) == (T, "Task001", "sequence_sum", {"values": (1, 2)})  # type: ignore[arg-type]
+    assert claim.attempt == 1
+    assert where(spool, claim.key) == [f"running/{SERVER}"]
+    assert os.listdir(spool.path / "scheduled") == []  # never there, not even an empty server directory
+    journal = (spool.path / "running" / SERVER / claim.key / "journal").read_bytes().splitlines()
+    assert [json.loads(line)["s"] for line in journal] == [2, 3]  # one append, two records
+    spool.note(claim, "half way", progress=0.5)
+    spool.finish(claim, "all done")
+    log = spool.log(T, "Task001")
+    assert [(r.state, r.message, r.attempt) for r in log[1:]] == [
+        (State.SCHEDULED, f"scheduled on {SERVER}", 1),
+        (State.RUNNING, "started", 1),
+        (None, "half way", 1),
+        (State.FINISHED, "all done", 1),
+    ]
+    assert spool.status(T, "Task002") is State.ENQUEUED
+
+
+def test_claim_and_start_of_an_unregistered_type_returns_no_start_and_start_says_why(spool: Spool, T: str) -> None:
+    spool.enqueue(T, "Task001", None)
+    os.unlink(spool.path / "types" / "T.json")
+    spool = Spool(spool.path)  # a consumer that never saw the type (the first handle has it cached)
+    claim, started = spool.claim_and_start(SERVER)
+    assert started is None
+    assert spool.status(T, "Task001") is State.RUNNING  # held: its consumer fails it with the reason
+    with pytest.raises(UnknownTaskType, match="T"):
+        spool.start(claim)
+    spool.fail(claim, "no such type")
+    assert spool.status(T, "Task001") is State.FAILED
+
+
+def test_a_task_claimed_and_started_again_after_a_reenqueue_counts_its_second_attempt(spool: Spool, T: str) -> None:
+    spool.enqueue(T, "Task001", None)
+    first, _ = spool.claim_and_start(SERVER)
+    assert spool.abandon(first, "host lost") is State.ENQUEUED
+    second, started = spool.claim_and_start(SERVER)
+    assert (second.key, second.attempt, started is not None) == (first.key, 2, True)
+    with pytest.raises(ClaimLost):
+        spool.finish(first)
+    spool.finish(second)
+    assert spool.info(T, "Task001").attempts == 2
+
+
 @pytest.mark.parametrize(("end", "state"), [("finish", State.FINISHED), ("fail", State.FAILED)])
 def test_finish_and_fail_move_a_running_task_to_its_terminal_state(
     spool: Spool, T: str, end: str, state: State
