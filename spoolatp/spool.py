@@ -368,6 +368,11 @@ class Spool:
         :raises StorageError: the file system is full or read-only.
         """
         parent, name = os.path.split(path)
+        self._write_in(parent, name, data, self.durable)
+
+    def _write_in(self, parent: str, name: str, data: bytes, durable: bool) -> None:
+        """:meth:`_write_new` of ``parent/name``, fsynced if ``durable``."""
+        path = f"{parent}/{name}"
         try:
             # opened relative to its directory, itself opened O_NOFOLLOW: a link planted in place of a
             # task directory is never written through
@@ -376,7 +381,7 @@ class Spool:
             fsio.reraise(exc, f"cannot create {path}")
         try:
             fsio.write_all(fd, data)
-            if self.durable:
+            if durable:
                 os.fsync(fd)
         except OSError as exc:
             with contextlib.suppress(OSError):
@@ -435,8 +440,8 @@ class Spool:
         self._settings = None
         return current
 
-    def _limit(self, name: str, default: int) -> int:
-        value = self.settings().get(name)
+    def _limit(self, name: str, default: int, settings: dict[str, Any] | None = None) -> int:
+        value = (settings or self.settings()).get(name)
         return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
     # ------------------------------------------------------------------ signing
@@ -650,7 +655,8 @@ class Spool:
         :raises SigningKeyError: this process's key does not fit the spool's signing.
         :raises StorageError: the file system is full or read-only; nothing was enqueued.
         """
-        validate_id(type_id, "task type")
+        if type(type_id) is not str or type_id not in self._types:  # a cached type's name was checked already
+            validate_id(type_id, "task type")
         validate_id(task_id, "task id")
         signer = self._signing_key()  # before anything is written: a producer without the spool's key writes nothing
         ttype = self.get_type(type_id)
@@ -670,13 +676,16 @@ class Spool:
             payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
             raise TypeError(f"input of task {type_id!r}/{task_id!r} cannot be pickled: {exc}") from exc
-        max_input = self._limit("max_input_bytes", MAX_INPUT_BYTES)
+        settings = self.settings()
+        max_input = self._limit("max_input_bytes", MAX_INPUT_BYTES, settings)
+        durable = bool(settings.get("durable"))
         if len(payload) > max_input:  # refused before anything is written
             what = f"the input of task {type_id!r}/{task_id!r} (pickled)"
             raise TaskTooLarge(what, len(payload), max_input, "max_input_bytes", self)
         dirs = self._dirs
-        name = f"{dirs['ids']}/{encode_name(type_id)}~{encode_name(task_id)}"
-        tmp = f"{dirs['tmp']}/enq~{secrets.token_hex(4)}~{key}"
+        name = f"{dirs['ids']}/{key[18:]}"  # <TYPE>~<ID> as the key spells them
+        # a random part: two enqueues of one id in the same nanosecond (one of which then loses at the id link)
+        tmp = f"{dirs['tmp']}/enq~{random.getrandbits(32):08x}~{key}"
         reserved = False
         slot = None
         try:
@@ -684,18 +693,18 @@ class Spool:
             os.mkdir(tmp, 0o770)
             self._link(key, name, lambda: TaskExists(type_id, task_id, self))
             reserved = True
-            limit = int(self.settings().get("max_queue") or 0)
+            limit = int(settings.get("max_queue") or 0)
             if limit > 0:
                 record["slot"] = slot = self._take_slot(key, limit)
                 payload = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
                 if len(payload) > max_input:  # the slot number made it a few bytes longer
                     what = f"the input of task {type_id!r}/{task_id!r} (pickled)"
                     raise TaskTooLarge(what, len(payload), max_input, "max_input_bytes", self)
-            self._write_new(f"{tmp}/task", seal(TASK_MAGIC, payload, key=signer, bind=key))
+            self._write_in(tmp, "task", seal(TASK_MAGIC, payload, key=signer, bind=key), durable)
             dest = f"{dirs['enqueued']}/{key}" if due is None else f"{dirs['delayed']}/{int(due * 1e9):016x}~{key}"
             if not fsio.move(tmp, dest, proof="src"):  # publish: whole or not at all
                 raise FileNotFoundError(f"{tmp} vanished before it was published (swept as a crash leftover?)")
-            if self.durable:  # the rename itself survives a power loss only once its directory is on disk
+            if durable:  # the rename itself survives a power loss only once its directory is on disk
                 fsio.fsync_dir(os.path.dirname(dest))
                 fsio.fsync_dir(dirs["ids"])
         except BaseException as exc:
