@@ -211,6 +211,16 @@ def section_api(rep: Report, fs: str, base: str, c: Counts, durable: bool) -> No
                 "design floor",
                 best[f"design.{op}"],
             )
+            if op == "consume":  # the daemon's workers dequeue and start in one step
+                rep.add(
+                    fs,
+                    sec,
+                    f"  claim_and_start+finish, {who}",
+                    best["atonce.consume"],
+                    "tasks/s",
+                    "floor",
+                    best["floor.consume"],
+                )
 
 
 def section_peers_api(rep: Report, fs: str, base: str, c: Counts, durable: bool) -> None:

@@ -93,6 +93,19 @@ def _spool_consume(i: int, path: str) -> int:
         done += 1
 
 
+def _spool_consume_at_once(i: int, path: str) -> int:
+    """The daemon's workers' path: claim_and_start() (one rename, one append), then finish()."""
+    spool = Spool(path)
+    done = 0
+    while True:
+        try:
+            claim, _ = spool.claim_and_start(f"bench{i}")
+        except QueueEmpty:
+            return done
+        spool.finish(claim)
+        done += 1
+
+
 def _floor_consume(i: int, path: str, durable: bool) -> int:
     floor = FloorSpool(path, durable)
     done = 0
@@ -108,9 +121,13 @@ def api_rates(
     n: int,
     procs: int,
     durable: bool,
-    systems: tuple[str, ...] = ("floor", "design", "onefile", "spoolatp"),
+    systems: tuple[str, ...] = ("floor", "design", "onefile", "spoolatp", "atonce"),
 ) -> dict[str, float]:
-    """Enqueue and dequeue+start+finish rates of spoolatp, the floor and both design floors in ``procs`` processes."""
+    """Enqueue and dequeue+start+finish rates of spoolatp, the floor and both design floors in ``procs`` processes.
+
+    "atonce" is spoolatp consumed with claim_and_start() (the daemon's workers' path); its enqueue rate is
+    spoolatp's again, not reported.
+    """
     out: dict[str, float] = {}
     per = max(1, n // procs)
     for name, produce, consume, make, extra in (
@@ -118,6 +135,7 @@ def api_rates(
         ("design", _design_produce, _design_consume, lambda p: DesignFloor(p, durable), (durable, DesignFloor)),
         ("onefile", _design_produce, _design_consume, lambda p: OneFileFloor(p, durable), (durable, OneFileFloor)),
         ("spoolatp", _spool_produce, _spool_consume, lambda p: new_spool(p, durable), ()),
+        ("atonce", _spool_produce, _spool_consume_at_once, lambda p: new_spool(p, durable), ()),
     ):
         if name not in systems:
             continue

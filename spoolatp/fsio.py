@@ -65,7 +65,7 @@ def settling(exc: OSError, directory: PathArg, attempt: int) -> bool:
     It never raises; callers loop until it says False (``attempt`` counts from 0).
     """
     # bounded (about 2 s): the daemon's main loop waits here too, and its heartbeat must not go stale; a task
-    # whose directory stays stale longer is given back by the daemon (Daemon._give_back)
+    # whose directory stays stale longer is given back by the daemon (spoolatp.workers.give_back)
     if exc.errno not in (errno.ENOENT, errno.ESTALE) or attempt >= SETTLE_TRIES:
         return False
     directory = os.path.normpath(os.fspath(directory))

@@ -1077,7 +1077,7 @@ class Spool:
         *,
         start: bool,
     ) -> list[tuple[Claim, StartedTask | None]]:
-        """Rename up to ``limit`` tasks from ``enqueued/`` into ``scheduled/SERVER/`` (``running/SERVER/`` to ``start``)."""
+        """Rename up to ``limit`` tasks from ``enqueued/`` into ``scheduled/SERVER/`` (with ``start``: running/)."""
         made = self._running_dirs if start else self._server_dirs
         if server not in made:  # a server named there was validated already
             validate_id(server, "server id")
@@ -1200,7 +1200,7 @@ class Spool:
     def _claimed(
         self, path: str, server: str, key: str, message: str, ids: tuple[str, str], *, start: bool = False
     ) -> tuple[Claim, StartedTask | None] | None:
-        """Record the claim of the task just renamed to ``path``; with ``start`` (it went to running/), its start too."""
+        """Record the claim of the task just renamed to ``path``; with ``start`` (into running/), its start too."""
         try:
             mode = os.lstat(path).st_mode
         except FileNotFoundError:  # deleted right after our rename
@@ -1888,12 +1888,12 @@ class Spool:
             # (float and int repr, JSON strings), written out, at a fraction of the cost
             field = "null" if code is None else code
             text, srv = _json_string(message), _json_string(claim.server)
-            line = f'{{"t":{now!r},"s":{field},"m":{text},"srv":{srv},"att":{claim.attempt}}}\n'
+            lines = f'{{"t":{now!r},"s":{field},"m":{text},"srv":{srv},"att":{claim.attempt}}}\n'
             if then is not None and type(then[1]) is str:
                 then_text = _json_string(then[1])
-                line += f'{{"t":{now!r},"s":{int(then[0])},"m":{then_text},"srv":{srv},"att":{claim.attempt}}}\n'
+                lines += f'{{"t":{now!r},"s":{int(then[0])},"m":{then_text},"srv":{srv},"att":{claim.attempt}}}\n'
                 then = None
-            line = line.encode()
+            line = lines.encode()
         else:
             entry: dict[str, Any] = {"t": now, "s": code, "m": message}
             if retry is not None:

@@ -83,7 +83,7 @@ def test_eight_processes_dequeue_five_thousand_tasks_each_exactly_once(spool: Sp
 
 
 def drain_shared(spool_path: str, out: str, go: Any, how: str) -> None:
-    from spoolatp.daemon import ClaimLock
+    from spoolatp.workers import ClaimLock
 
     spool = Spool(spool_path)
     lock = ClaimLock(spool, "shared")
@@ -123,7 +123,7 @@ def test_processes_sharing_a_server_id_dequeue_each_task_exactly_once(spool: Spo
 
 
 def test_a_stale_listing_does_not_claim_what_a_sibling_of_the_same_server_holds(spool: Spool) -> None:
-    from spoolatp.daemon import ClaimLock
+    from spoolatp.workers import ClaimLock
 
     spool.register_type("T", "h")
     for n in range(3):

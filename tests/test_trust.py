@@ -41,9 +41,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spoolatp import Claim, CorruptTaskFile, QueueEmpty, Spool, State, TaskNotFound, UnknownTaskType, dropin
-from spoolatp.daemon import run_claim, trust_warnings
+from spoolatp.daemon import trust_warnings
 from spoolatp.errors import SigningKeyError, StorageError, TaskTooLarge
 from spoolatp.format import KEY_ENV, RESPONSE_MAGIC, TASK_MAGIC, key_id, load_key, make_key, seal, unseal
+from spoolatp.workers import run_claim
 
 SERVER = "trust-test"
 ATTACKER_KEY = b"the attacker's own key, not the spool's"
