@@ -1934,7 +1934,7 @@ class Spool:
                     os.ftruncate(fd, os.fstat(fd).st_size - written)
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             if claim is not None and self._held:
-                self._track(claim, path, os.lseek(fd, 0, os.SEEK_CUR), written)
+                self._track(claim, path, written)
             if self.durable:
                 os.fsync(fd)
         except OSError as exc:
@@ -1950,15 +1950,19 @@ class Spool:
             self._held.clear()
         self._held[(claim.server, claim.key, claim.attempt)] = (path, state, size)
 
-    def _track(self, claim: Claim, path: fsio.PathArg, end: int, written: int) -> None:
-        """After an append of ``written`` bytes that ends at offset ``end``: the held claim's journal size."""
+    def _track(self, claim: Claim, path: fsio.PathArg, written: int) -> None:
+        """After this claim appended ``written`` bytes to the journal at ``path``: the size it expects there.
+
+        Not asked of the file: if someone else's line came before ours, the journal is longer than the
+        size expected, and the next :meth:`_claim_path` goes the slow way (a journal only grows).
+        """
         k = (claim.server, claim.key, claim.attempt)
         held = self._held.get(k)
         if held is None:
             return
-        if held[0] == os.fspath(path) and held[2] == end - written:  # O_APPEND: our line went right after the last
-            self._held[k] = (held[0], held[1], end)
-        else:  # someone else's line came between, or another directory: check the slow way next time
+        if held[0] == os.fspath(path):
+            self._held[k] = (held[0], held[1], held[2] + written)
+        else:  # another directory: check the slow way next time
             del self._held[k]
 
     def _journal(self, path: fsio.PathArg, *, settle: bool = False, strict: bool = False) -> list[LogRecord]:

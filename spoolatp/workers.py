@@ -111,7 +111,9 @@ def worker_main(
     done = 0
     try:
         while max_tasks is None or done < max_tasks:
-            if pending() and conn.recv() is None:  # a stop (or a redundant "go") sent while this worker was busy
+            # a stop (or a redundant "go") sent while this worker was busy; one that comes during the claim
+            # below finds the task started: it runs, in the grace a stopping daemon gives running tasks
+            if pending() and conn.recv() is None:
                 return
             claim = None
             if Lease.valid(lease):  # else presumed dead elsewhere, maybe: wait until the main process beats again
@@ -129,10 +131,6 @@ def worker_main(
                 if conn.recv() is None:
                     return
                 continue
-            if pending() and conn.recv() is None:  # the stop came while this claim was being made
-                with contextlib.suppress(OSError, SpoolError):
-                    spool.abandon(claim, "its daemon stopped before its handler ran", count=False)
-                return
             try:
                 timeout = spool.get_type(claim.type_id).timeout
             except (UnknownTaskType, OSError, SpoolError):  # start() reports what is wrong with the type
