@@ -1840,6 +1840,10 @@ class Spool:
                 raise  # the task moved on
             if isinstance(exc, OSError) and exc.errno == errno.ESTALE:
                 raise  # a network file system that has not settled yet: no reason to quarantine a task
+            if isinstance(exc, FileNotFoundError) and not self._local and fsio.listed(path, "task"):
+                # a lookup's false ENOENT outlasted read_settled's retries (GlusterFS) while a readdir, which
+                # the server answers, lists the file: the task is whole, and its claimer gives it back
+                raise
             err = exc if isinstance(exc, CorruptTaskFile) else CorruptTaskFile(file, str(exc))
             if quarantine:
                 self._quarantine(path, err.reason)

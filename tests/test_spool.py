@@ -5,6 +5,7 @@ Every test works on real files in ``tmp_path``; nothing of the file system is mo
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -629,6 +630,33 @@ BAD_ENTRIES = [
     "plain file",
     "symlink to a directory outside",
 ]
+
+
+def test_a_task_file_a_network_mount_falsely_reports_missing_is_given_back_not_quarantined(
+    spool: Spool, T: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GlusterFS may answer ENOENT for a file in a directory renamed a moment ago, for longer than the
+    # retries of read_settled, while a readdir of that directory lists it; the task is whole
+    monkeypatch.setenv(fsio.NETWORK_FS_ENV, "1")
+    consumer = Spool(spool.path)
+    assert not consumer.local
+    spool.enqueue(T, "Task001", 7)
+    real = fsio.read_settled
+
+    def false_enoent(file: fsio.PathArg) -> bytes:
+        if os.fspath(file).endswith("/task"):  # the injected fault: the mount's false answer, nothing else
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", os.fspath(file))
+        return real(file)
+
+    monkeypatch.setattr(fsio, "read_settled", false_enoent)
+    with pytest.raises(QueueEmpty):
+        consumer.claim(SERVER)
+    assert os.listdir(spool.path / "quarantine") == []
+    assert spool.status(T, "Task001") is State.ENQUEUED  # given back, its attempt not counted
+    monkeypatch.setattr(fsio, "read_settled", real)
+    (claim,) = Spool(spool.path).claim(SERVER)
+    assert (claim.task_id, claim.attempt) == ("Task001", 1)
+    assert spool.start(claim).input == 7
 
 
 @pytest.mark.parametrize("kind", BAD_ENTRIES)
