@@ -154,6 +154,8 @@ class _Index:
         self._merged: tuple[tuple[Any, ...], list[Entry]] = ((), [])
         self._by_type: dict[State, tuple[tuple[Any, ...], Counter[str]]] = {}
         self._ends: dict[State, tuple[tuple[Any, ...], dict[str, float]]] = {}
+        #: keys of the ENQUEUED entries that wait in delayed/ (not before a time), as of the last listing
+        self.delayed: set[str] = set()
 
     def _listing(self, path: Path) -> _Listing:
         if path not in self._listings:
@@ -169,20 +171,30 @@ class _Index:
         return self._parsed[key]
 
     def entries(self, state: State) -> tuple[tuple[Any, ...], list[Entry]]:
-        """``(signature, entries)`` of one state, oldest first; the signature changes with them."""
+        """``(signature, entries)`` of one state, oldest first; the signature changes with them.
+
+        ENQUEUED includes ``delayed/`` (tasks waiting for their start time or a retry), named there
+        ``NOTBEFORE~KEY``.
+        """
         base = self.root / state.name.lower()
         if state in (State.SCHEDULED, State.RUNNING):
             servers = self._listing(base).get()
             parts: list[tuple[str | None, _Listing]] = [(server, self._listing(base / server)) for server in servers]
         else:
             parts = [(None, self._listing(base))]
+        if state is State.ENQUEUED:
+            parts.append((None, self._listing(self.root / "delayed")))
         names = [(server, listing.get()) for server, listing in parts]
         signature = tuple((server, id(listing), listing.version) for server, listing in parts)
         cached = self._entries.get(state)
         if cached is not None and cached[0] == signature:
             return cached
         out: list[Entry] = []
-        for server, keys in names:
+        for n, (server, keys) in enumerate(names):
+            delayed = state is State.ENQUEUED and n == 1
+            if delayed:
+                keys = [name.partition("~")[2] for name in keys]  # NOTBEFORE~KEY; a name without a key parses as none
+                self.delayed = set(keys)
             for key in keys:
                 parsed = self._parse(key)
                 if parsed is not None:
@@ -432,7 +444,13 @@ class Dashboard:
 
     def _task_path(self, state: State, server: str | None, key: str) -> Path:
         base = self.spool.path / state.name.lower()
-        return base / server / key if server else base / key
+        if server:
+            return base / server / key
+        path = base / key
+        if state is State.ENQUEUED and not path.is_dir():  # delayed: delayed/NOTBEFORE~KEY
+            with contextlib.suppress(FileNotFoundError):
+                return self.spool._locate(key)[0]
+        return path
 
     def overview(self) -> dict[str, Any]:
         now = time.time()
@@ -443,7 +461,8 @@ class Dashboard:
                 for type_id, n in self.index.by_type(s).items():
                     types.setdefault(type_id, {x.name: 0 for x in State})[s.name] = n
             waiting = self.index.entries(State.ENQUEUED)[1]
-            first = waiting[0] if waiting else None
+            # the oldest that may start now: a delayed task waits for its time, not for a worker
+            first = next((e for e in waiting if e[0] not in self.index.delayed), None)
             chart = throughput({s: self.index.ends(s) for s in (State.FINISHED, State.FAILED)}, now)
         oldest = None if first is None else {"type_id": first[1], "task_id": first[2], "age": now - _stamp(first[0])}
         daemons = []

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -618,6 +619,29 @@ def test_reading_the_spool_for_every_page_changes_nothing_in_it(tmp_path: Path) 
     )
     assert "task file damaged" in page and "hello" in page
     assert snapshot(spool.path) == before
+
+
+def test_delayed_tasks_are_counted_listed_and_shown_but_not_the_oldest_waiting(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Later", "testing.echo", retries=2)
+    spool.enqueue("Later", "in-an-hour", 1, not_before=3600)  # older than the next, but not to start yet
+    time.sleep(0.01)
+    spool.enqueue("Later", "now", 2)
+    [claim] = spool.claim("srv-a")  # "now"; then put back after a failure, for a retry in an hour
+    spool.start(claim)
+    assert spool.retry_later(claim, "flaky", delay=3600) is State.ENQUEUED
+    spool.enqueue("Later", "waiting", 3)
+    assert len(os.listdir(spool.path / "delayed")) == 2
+    with web_server(spool.path, tmp_path / "web.log") as base:
+        overview = get(base + "/").text
+        listed = get(base + "/tasks?state=ENQUEUED").text
+        pages = {i: get(base + web.task_url("Later", i)) for i in ("in-an-hour", "now", "waiting")}
+    assert 'data-count="ENQUEUED">3<' in overview
+    assert listed.count('class="task"') == 3 and 'id="total">3<' in listed
+    assert {i: r.status for i, r in pages.items()} == {"in-an-hour": 200, "now": 200, "waiting": 200}
+    assert "flaky" in pages["now"].text  # its log, read from delayed/
+    card = re.search(r'id="oldest".*?</div>', overview, re.S)
+    assert card is not None and "Later/waiting" in card.group(0) and "Later/in-an-hour" not in card.group(0)
 
 
 def test_large_spool_pages_open_no_journal_of_a_task_they_do_not_show(tmp_path: Path) -> None:
