@@ -756,7 +756,7 @@ class Daemon:
         w.process.join()
         self._collect(w)
         if w.claim is not None and w.claim != held:
-            self._end_dead(w, w.claim, "its worker was killed before it started", fail=False, count=False)
+            self._end_dead(w, w.claim, "its worker was killed before its handler ran", fail=False, count=False)
         self._pool.remove(w)
         w.conn.close()
         return running and held is not None and w.claim == held

@@ -185,6 +185,10 @@ TMP_GRACE = 300.0
 CACHE_TTL = 1.0
 #: seconds between measurements of this host's clock against the spool's
 CLOCK_TTL = 30.0
+#: a network mount's false "no such file" for a task file its directory lists: the task is given back (the
+#: claim's reason, in its journal, says this), and quarantined only the FALSE_MISSING_LIMIT + 1st time
+FALSE_MISSING = "task file listed by its directory but reported missing"
+FALSE_MISSING_LIMIT = 3
 #: seconds of clock difference from the spool's that earn a warning
 CLOCK_WARN = 5.0
 
@@ -1842,8 +1846,12 @@ class Spool:
                 raise  # a network file system that has not settled yet: no reason to quarantine a task
             if isinstance(exc, FileNotFoundError) and not self._local and fsio.listed(path, "task"):
                 # a lookup's false ENOENT outlasted read_settled's retries (GlusterFS) while a readdir, which
-                # the server answers, lists the file: the task is whole, and its claimer gives it back
-                raise
+                # the server answers, lists the file: the task is whole, and its claimer gives it back (the
+                # message goes into the journal with it), unless the mount said so too often to be passing
+                seen = self._journal_data(os.fspath(path)).count(FALSE_MISSING.encode())
+                if seen < FALSE_MISSING_LIMIT:
+                    raise FileNotFoundError(errno.ENOENT, FALSE_MISSING, file) from None
+                exc = CorruptTaskFile(file, f"{FALSE_MISSING}, {seen + 1} times: the mount may be failing")
             err = exc if isinstance(exc, CorruptTaskFile) else CorruptTaskFile(file, str(exc))
             if quarantine:
                 self._quarantine(path, err.reason)

@@ -154,8 +154,8 @@ class _Index:
         self._merged: tuple[tuple[Any, ...], list[Entry]] = ((), [])
         self._by_type: dict[State, tuple[tuple[Any, ...], Counter[str]]] = {}
         self._ends: dict[State, tuple[tuple[Any, ...], dict[str, float]]] = {}
-        #: keys of the ENQUEUED entries that wait in delayed/ (not before a time), as of the last listing
-        self.delayed: set[str] = set()
+        #: the ENQUEUED entries that wait in delayed/ (not before a time), as of its last listing: KEY -> name there
+        self.delayed: dict[str, str] = {}
 
     def _listing(self, path: Path) -> _Listing:
         if path not in self._listings:
@@ -191,10 +191,9 @@ class _Index:
             return cached
         out: list[Entry] = []
         for n, (server, keys) in enumerate(names):
-            delayed = state is State.ENQUEUED and n == 1
-            if delayed:
-                keys = [name.partition("~")[2] for name in keys]  # NOTBEFORE~KEY; a name without a key parses as none
-                self.delayed = set(keys)
+            if state is State.ENQUEUED and n == 1:  # delayed/NOTBEFORE~KEY; a name without a key parses as none
+                self.delayed = {name.partition("~")[2]: name for name in keys}
+                keys = list(self.delayed)
             for key in keys:
                 parsed = self._parse(key)
                 if parsed is not None:
@@ -247,6 +246,16 @@ class _Index:
                     continue
         self._ends[state] = (signature, times)
         return times
+
+
+def _due(delayed_name: str | None, now: float) -> bool:
+    """Whether an ENQUEUED task may start at ``now``: not delayed, or its NOTBEFORE (16 hex digits, ns) passed."""
+    if delayed_name is None:
+        return True
+    try:
+        return int(delayed_name[:16], 16) / 1e9 <= now
+    except ValueError:
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -448,7 +457,10 @@ class Dashboard:
             return base / server / key
         path = base / key
         if state is State.ENQUEUED and not path.is_dir():  # delayed: delayed/NOTBEFORE~KEY
-            with contextlib.suppress(FileNotFoundError):
+            name = self.index.delayed.get(key)
+            if name is not None:
+                return self.spool.path / "delayed" / name
+            with contextlib.suppress(FileNotFoundError):  # not in the index's listing: look for it
                 return self.spool._locate(key)[0]
         return path
 
@@ -461,8 +473,8 @@ class Dashboard:
                 for type_id, n in self.index.by_type(s).items():
                     types.setdefault(type_id, {x.name: 0 for x in State})[s.name] = n
             waiting = self.index.entries(State.ENQUEUED)[1]
-            # the oldest that may start now: a delayed task waits for its time, not for a worker
-            first = next((e for e in waiting if e[0] not in self.index.delayed), None)
+            # the oldest that may start now: a delayed task waits for its time, not for a worker, until it is due
+            first = next((e for e in waiting if _due(self.index.delayed.get(e[0]), now)), None)
             chart = throughput({s: self.index.ends(s) for s in (State.FINISHED, State.FAILED)}, now)
         oldest = None if first is None else {"type_id": first[1], "task_id": first[2], "age": now - _stamp(first[0])}
         daemons = []

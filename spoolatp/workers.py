@@ -111,9 +111,7 @@ def worker_main(
     done = 0
     try:
         while max_tasks is None or done < max_tasks:
-            # a stop (or a redundant "go") sent while this worker was busy; one that comes during the claim
-            # below finds the task started: it runs, in the grace a stopping daemon gives running tasks
-            if pending() and conn.recv() is None:
+            if pending() and conn.recv() is None:  # a stop (or a redundant "go") sent while this worker was busy
                 return
             claim = None
             if Lease.valid(lease):  # else presumed dead elsewhere, maybe: wait until the main process beats again
@@ -131,6 +129,11 @@ def worker_main(
                 if conn.recv() is None:
                     return
                 continue
+            if pending() and conn.recv() is None:  # the stop came while this claim was being made
+                with contextlib.suppress(OSError, SpoolError):
+                    # its handler never ran: back in the queue, no restart counted, the grace not used
+                    spool.abandon(claim, "its daemon stopped before its handler ran", count=False)
+                return
             try:
                 timeout = spool.get_type(claim.type_id).timeout
             except (UnknownTaskType, OSError, SpoolError):  # start() reports what is wrong with the type
@@ -242,9 +245,9 @@ def host_lock_path(spool: Spool, server: str, what: str) -> str:
 class ClaimLock:
     """The lock that serializes the claim renames of the workers sharing a server id, on this host's disk.
 
-    A claim renames ``enqueued/KEY`` into ``scheduled/SERVER/``. When a network
-    file system answers that rename with ENOENT, the task being in
-    ``scheduled/SERVER/`` proves the rename was this process's only if no
+    A claim renames ``enqueued/KEY`` into ``running/SERVER/`` (``scheduled/SERVER/``
+    for the guide's two-step claim). When a network file system answers that
+    rename with ENOENT, the task being there proves the rename was this process's only if no
     other process of the same server id put it there (see ``Spool.claim``).
     It is a host-local singleton: ``flock`` on a file in the local temporary
     directory, which the kernel releases when a holder dies, even by

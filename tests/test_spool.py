@@ -29,6 +29,7 @@ from spoolatp import (
     UnknownTaskType,
     fsio,
 )
+from spoolatp import spool as spoolmod
 from spoolatp.format import STATE_DIRS, TASK_MAGIC, decode_name, encode_name, make_key, parse_key, seal, validate_id
 
 pytestmark = pytest.mark.usefixtures("both_fs_modes")  # the local fast paths and the network paths
@@ -632,7 +633,7 @@ BAD_ENTRIES = [
 ]
 
 
-def test_a_task_file_a_network_mount_falsely_reports_missing_is_given_back_not_quarantined(
+def test_a_task_file_a_network_mount_falsely_reports_missing_is_given_back_until_that_persists(
     spool: Spool, T: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # GlusterFS may answer ENOENT for a file in a directory renamed a moment ago, for longer than the
@@ -657,6 +658,20 @@ def test_a_task_file_a_network_mount_falsely_reports_missing_is_given_back_not_q
     (claim,) = Spool(spool.path).claim(SERVER)
     assert (claim.task_id, claim.attempt) == ("Task001", 1)
     assert spool.start(claim).input == 7
+    # a mount that keeps saying so is failing: the task is given back a few times, then quarantined, so that
+    # it does not cost every claim of every worker two seconds of retries forever
+    spool.enqueue(T, "Task002", 8)
+    monkeypatch.setattr(fsio, "read_settled", false_enoent)
+    for _ in range(spoolmod.FALSE_MISSING_LIMIT):
+        with pytest.raises(QueueEmpty):
+            Spool(spool.path).claim(SERVER)
+        assert spool.status(T, "Task002") is State.ENQUEUED
+    with pytest.raises(QueueEmpty):
+        Spool(spool.path).claim(SERVER)
+    with pytest.raises(TaskNotFound):
+        spool.status(T, "Task002")
+    [reason] = [n for n in os.listdir(spool.path / "quarantine") if n.endswith(".reason")]
+    assert "the mount may be failing" in (spool.path / "quarantine" / reason).read_text()
 
 
 @pytest.mark.parametrize("kind", BAD_ENTRIES)
