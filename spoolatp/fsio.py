@@ -185,23 +185,31 @@ def names_or_none(directory: PathArg) -> list[str] | None:
         return None
 
 
-def read_settled(file: PathArg) -> bytes:
-    """The whole of ``file`` (never through a link), retried while a network file system settles."""
+def read_settled(file: PathArg, *, local: bool = False) -> bytes:
+    """The whole of ``file`` (never through a link), retried while a network file system settles.
+
+    ``local``: see :func:`read_file`.
+    """
     for attempt in itertools.count():  # settling() bounds it; it may say "again" on its last try
         try:
-            return read_file(file)
+            return read_file(file, local=local)
         except OSError as exc:
             if not settling(exc, os.path.dirname(file), attempt):
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def read_file(file: PathArg, *, follow: bool = False) -> bytes:
-    """The whole of ``file`` (``O_NOFOLLOW`` unless ``follow``): unbuffered, a few system calls for a small file."""
+def read_file(file: PathArg, *, follow: bool = False, local: bool = False) -> bytes:
+    """The whole of ``file`` (``O_NOFOLLOW`` unless ``follow``): unbuffered, a few system calls for a small file.
+
+    ``local``: the file is on a local file system (:func:`network_fs` says no), where a read of a regular
+    file that returns less than it asked for has reached the end (Linux does not interrupt it), so no
+    second read confirms that.
+    """
     fd = os.open(file, os.O_RDONLY if follow else os.O_RDONLY | os.O_NOFOLLOW)
     try:
         data = os.read(fd, READ_CHUNK)
-        if not data:
+        if not data or (local and len(data) < READ_CHUNK):
             return data
         chunks = [data]
         while True:  # to the end: a short read need not be the end of the file (FUSE, signals)

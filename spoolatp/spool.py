@@ -1826,7 +1826,7 @@ class Spool:
         try:
             if not is_dir and not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise CorruptTaskFile(path, "not a task directory (plain file or symlink in a state directory)")
-            data = fsio.read_settled(file)
+            data = fsio.read_settled(file, local=self._local)
             memo, self._memo = self._memo, None
             if memo is not None and memo[0] == key and memo[1] == data:
                 return memo[2]  # these very bytes passed the checks below, in this process, a moment ago
@@ -2014,7 +2014,7 @@ class Spool:
         """The raw journal of task directory ``path``, b"" if it has none; :raises OSError: it cannot be read."""
         for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
             try:
-                return fsio.read_file(f"{path}/journal")
+                return fsio.read_file(f"{path}/journal", local=self._local)
             except NotADirectoryError:
                 return b""
             except OSError as exc:

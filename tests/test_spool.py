@@ -644,10 +644,10 @@ def test_a_task_file_a_network_mount_falsely_reports_missing_is_given_back_until
     spool.enqueue(T, "Task001", 7)
     real = fsio.read_settled
 
-    def false_enoent(file: fsio.PathArg) -> bytes:
+    def false_enoent(file: fsio.PathArg, **how: bool) -> bytes:
         if os.fspath(file).endswith("/task"):  # the injected fault: the mount's false answer, nothing else
             raise FileNotFoundError(errno.ENOENT, "No such file or directory", os.fspath(file))
-        return real(file)
+        return real(file, **how)
 
     monkeypatch.setattr(fsio, "read_settled", false_enoent)
     with pytest.raises(QueueEmpty):
