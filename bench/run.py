@@ -177,6 +177,9 @@ def section_api(rep: Report, fs: str, base: str, c: Counts, durable: bool) -> No
                 samples.setdefault(k, []).append(v)
         rep.raw[f"{fs}.{sec}.{procs}"] = samples
         best = {k: max(v) for k, v in samples.items()}
+        checks = sb.checks_cost(5000) if procs == 1 else None  # per process: the 1-producer rows
+        if checks is not None:
+            rep.raw[f"{fs}.{sec}.checks_s"] = checks
         for op, what, goal in (("enqueue", "enqueue", 0.7), ("consume", "dequeue+start+finish", 0.5)):
             who = f"{procs} {'producer' if op == 'enqueue' else 'consumer'}{'s' if procs > 1 else ''}"
             rep.add(
@@ -221,6 +224,18 @@ def section_api(rep: Report, fs: str, base: str, c: Counts, durable: bool) -> No
                     "floor",
                     best["floor.consume"],
                 )
+            if checks is not None:  # a bound: the layout's bare file operations plus the checks, nothing else
+                for layout, name in (("design", "design floor"), ("onefile", "one-file design floor")):
+                    rep.add(
+                        fs,
+                        sec,
+                        f"  bound: {name} + the checks alone, {who}",
+                        1.0 / (1.0 / best[f"{layout}.{op}"] + checks[op]),
+                        "tasks/s",
+                        "floor",
+                        best[f"floor.{op}"],
+                        note=f"the checks alone: {checks[op] * 1e6:.1f} us per task",
+                    )
 
 
 def section_peers_api(rep: Report, fs: str, base: str, c: Counts, durable: bool) -> None:
