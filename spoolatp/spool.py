@@ -1218,7 +1218,8 @@ class Spool:
         attempt = _count_state(journal, State.SCHEDULED) + 1
         try:
             # the lstat above, after our rename, checked it is a directory
-            record = self._read_record(path, key, is_dir=True, remember=True)
+            # remembered for start(), unless this claim starts the task itself and start() never reads it
+            record = self._read_record(path, key, is_dir=True, remember=not start)
         except CorruptTaskFile:
             return None
         except OSError:
@@ -1234,7 +1235,6 @@ class Spool:
         self._remember_valid(server, key, ids)  # both names were checked by claim()
         started: StartedTask | None = None
         if start:
-            self._memo = None  # the record is used right here, not read again by start()
             with contextlib.suppress(UnknownTaskType, OSError, SpoolError):  # start() raises it for the consumer
                 if record:
                     handler = self.get_type(record["type"]).handler
