@@ -1898,12 +1898,10 @@ class Spool:
         ):
             # a holder's state change or note, the common line: what _JOURNAL_LINE.encode gives for it
             # (float and int repr, JSON strings), written out, at a fraction of the cost
-            field = "null" if code is None else code
-            text, srv = _json_string(message), _json_string(claim.server)
-            lines = f'{{"t":{now!r},"s":{field},"m":{text},"srv":{srv},"att":{claim.attempt}}}\n'
+            srv = _json_string(claim.server)
+            lines = _holder_line(now, code, message, srv, claim.attempt)
             if then is not None and type(then[1]) is str:
-                then_text = _json_string(then[1])
-                lines += f'{{"t":{now!r},"s":{int(then[0])},"m":{then_text},"srv":{srv},"att":{claim.attempt}}}\n'
+                lines += _holder_line(now, int(then[0]), then[1], srv, claim.attempt)
                 then = None
             line = lines.encode()
         else:
@@ -2108,6 +2106,13 @@ _HELD_SCHEDULED_FIRST = (State.SCHEDULED, State.RUNNING)
 _JOURNAL_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 #: a str as _JOURNAL_LINE writes it (ensure_ascii=False)
 _json_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
+def _holder_line(now: float, code: int | None, message: str, srv: str, attempt: int) -> str:
+    """A holder's journal line as _JOURNAL_LINE would encode it (``srv`` already a JSON string), written out."""
+    field = "null" if code is None else code
+    return f'{{"t":{now!r},"s":{field},"m":{_json_string(message)},"srv":{srv},"att":{attempt}}}\n'
+
 
 #: the bytes a journal line holds if its state is S (see _records_with)
 _STATE_FIELD = {state: b'"s":%d' % state for state in State}
