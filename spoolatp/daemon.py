@@ -3,18 +3,20 @@
 One main process and ``workers`` worker processes. Each worker claims its
 own tasks and runs the guide's consumer body (claim, start, handler, finish)
 one task after another until the queue is empty, so no task waits for the
-main process. Before a task starts, its worker tells the main process which
-attempt it holds and its timeout ("hold"), and after it how it ended
-("done", told with the next "hold" when the worker claims again at once;
-a counter the worker raises first tells the main process meanwhile that the
-task has ended, so it is not killed for its timeout). So the main process
-always knows which attempt runs where and since when, and can kill a worker whose attempt ran past its type's timeout
-before it gives the task back: a re-enqueue never overlaps a still-running
-attempt of this daemon. A handler that crashes, leaks or calls ``os._exit``
-takes down only its worker, which is replaced. A worker killed between its
-claim and its "hold" leaves a task the main process does not know about:
-the main process gives back whatever this server id still holds when it
-stops, and any daemon's sweep takes it back once its timeout passed.
+main process. Before a task's handler runs, its worker records which attempt
+it holds, since when and its timeout in its slot (memory shared with the
+main process, :class:`spoolatp.workers.Slot`), and after the end is recorded
+that it ended; the worker logs how. A task costs the main process nothing:
+it reads the slots when it judges timeouts and cancels (at least four times a
+second while a worker is busy), when a worker dies, and for its heartbeat.
+So the main process knows which attempt runs where and since when, and kills
+a worker whose attempt ran past its type's timeout before it gives the task
+back: a re-enqueue never overlaps a still-running attempt of this daemon. A
+handler that crashes, leaks or calls ``os._exit`` takes down only its
+worker, which is replaced. A worker killed between its claim and the record
+in its slot leaves a task the main process does not know about: the main
+process gives back whatever this server id still holds when it stops, and
+any daemon's sweep takes it back once its timeout passed.
 
 This module is the main process; what runs in a worker process (its loop,
 the lease it checks, the claim lock it takes) is in :mod:`spoolatp.workers`.
@@ -62,7 +64,7 @@ from spoolatp import dropin, fsio, plugins
 from spoolatp.errors import ClaimLost, SpoolError
 from spoolatp.format import KEY_ENV, SPOOL_DIRS, Claim, validate_id
 from spoolatp.spool import Spool
-from spoolatp.workers import ClaimLock, Lease, Pending, give_back, host_lock_path, worker_main
+from spoolatp.workers import ClaimLock, Lease, LogSetup, Pending, Slot, give_back, host_lock_path, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -160,22 +162,38 @@ RETIRE_SLACK = 0.1
 class _Worker:
     process: BaseProcess
     conn: multiprocessing.connection.Connection
-    claim: Claim | None = None  # what it said it holds ("hold"), until it says "done"
+    slot: Slot
+    claim: Claim | None = None  # the attempt it runs, as its slot said when last read (None: none)
+    seen: int = 0  # the slot's count of attempts when last read
     epoch: float = 0.0  # the lease's epoch when it claimed (see Lease)
     idle: bool = False  # it found nothing to run and waits for "go"
+    looking: bool = True  # started, or told "go", and not answered yet ("hold" or "idle")
     started: float = 0.0
     deadline: float = float("inf")
     cancel_by: str | None = None  # who asked to cancel the running task
     kill_at: float = float("inf")  # when a cancelled task that did not stop is killed
-    runs: Any = None  # shared: how many tasks the worker ran to their end (see workers.worker_main)
-    holds: int = 0  # how many "hold"s it sent
 
     def __post_init__(self) -> None:
         self.pending = Pending(self.conn)
 
-    def between(self) -> bool:
-        """Whether the task it holds has ended and the worker is claiming the next (its "next" is coming)."""
-        return self.claim is not None and self.runs is not None and self.runs.value >= self.holds
+    def refresh(self, root: str, server: str) -> int:
+        """Read its slot: :attr:`claim` becomes the attempt it runs now; return how many it began since last read.
+
+        An unreadable slot (a worker killed while it wrote it) leaves what was known.
+        """
+        view = self.slot.read()
+        if view is None:
+            return 0
+        new = view.holds - self.seen
+        if new:
+            self.seen = view.holds
+            self.claim = Claim(root, server, view.key, view.attempt)
+            self.epoch, self.started, self.deadline = view.epoch, view.started, view.started + view.timeout
+            self.cancel_by, self.kill_at = None, float("inf")
+        if not view.running and self.claim is not None:
+            self.claim, self.deadline = None, float("inf")
+            self.cancel_by, self.kill_at = None, float("inf")
+        return new
 
 
 # --------------------------------------------------------------------------- observer
@@ -319,6 +337,7 @@ class Daemon:
         self._next_due: float | None = None  # when the next delayed task is due (spool clock)
         self._delayed_changed = True
         self.log = logging.LoggerAdapter(log, {"server": self.server_id})
+        self._root = os.fspath(self.spool.path)  # as a Claim names its spool
         self._ctx = multiprocessing.get_context("forkserver")
         self._pool: list[_Worker] = []
         self._stop = 0
@@ -328,8 +347,9 @@ class Daemon:
         os.set_blocking(self._wake_w, False)
         self._drop_due = False
         self._reported: set[str] = set()
-        self._holds = 0  # claims the workers reported
-        self._lease = self._ctx.RawArray("d", 2)  # see Lease
+        self._holds = 0  # attempts the workers recorded, as their slots were read
+        self._told_holds, self._told_at = 0, Lease.now()  # _holds and the time at the last heartbeat
+        self._lease = self._ctx.RawArray("d", 3)  # see Lease
         self._rewake = False  # an arrival rang while a worker was looking: wake one again when it answers
         self._started = time.time()
         self._host = socket.gethostname()  # for the heartbeat: an idle daemon's every system call counts
@@ -471,7 +491,8 @@ class Daemon:
                 return
             if self._stop == 1 and drain_until is None:
                 drain_until = now + self.grace
-                self._info("stopping: no new claims; %d running tasks get %g s to finish", self._busy(), self.grace)
+                self._lease[2] = 1.0  # no worker claims again; then the idle ones are told to stop
+                self._info("stopping: no new claims; %d running tasks get %g s to finish", self._running(), self.grace)
                 for w in self._pool:  # each worker stops after its current task; an idle one at once
                     with contextlib.suppress(OSError):
                         w.conn.send(None)
@@ -513,6 +534,8 @@ class Daemon:
                 want_claim = False
                 self._wake_one()
             if self.burst and not self._stop and self._all_idle() and Lease.valid(self._lease):
+                for w in self._pool:  # each recorded its last attempt before it said "idle"
+                    self._refresh(w)
                 if self._holds == burst_holds:  # every worker found the queue empty after the last sweep
                     return
                 burst_holds = self._holds
@@ -586,12 +609,12 @@ class Daemon:
         wakes the next one (see :meth:`_collect`), so a burst of arrivals still
         reaches every worker within a few milliseconds.
         """
-        if any(w.claim is None and not w.idle for w in self._pool):
+        if any(w.looking for w in self._pool):
             self._rewake = True  # a worker is looking already, maybe at a listing older than this arrival
             return
         for w in self._pool:
             if w.idle:
-                w.idle = False
+                w.idle, w.looking = False, True
                 try:
                     w.conn.send("go")
                 except OSError:  # it died meanwhile: its sentinel says so
@@ -602,14 +625,27 @@ class Daemon:
     def _all_idle(self) -> bool:
         return bool(self._pool) and all(w.idle for w in self._pool)
 
-    def _busy(self) -> int:
+    def _busy(self) -> bool:
+        """Whether a worker may be running a task (its slot says which): one that is not waiting for "go"."""
+        return not self._all_idle() and bool(self._pool)
+
+    def _running(self) -> int:
+        """How many workers run a task now (their slots are read)."""
+        for w in self._pool:
+            self._refresh(w)
         return sum(1 for w in self._pool if w.claim is not None)
+
+    def _refresh(self, w: _Worker) -> int:
+        """:meth:`_Worker.refresh`, counting the attempts recorded (see burst mode in :meth:`_loop`)."""
+        new = w.refresh(self._root, self.server_id)
+        self._holds += new
+        return new
 
     # ------------------------------------------------------------------ workers
 
     def _spawn(self) -> None:
         parent, child = self._ctx.Pipe()
-        runs = self._ctx.RawValue("q", 0)
+        slot = Slot(self._ctx)
         process = self._ctx.Process(
             target=worker_main,
             args=(
@@ -619,14 +655,26 @@ class Daemon:
                 self._lease,
                 self._key_file,
                 self.max_tasks_per_worker,
-                runs,
+                slot,
+                self._log_setup(),
             ),
             name=f"spoolatp-worker-{self.server_id}",
             daemon=True,
         )
         process.start()
         child.close()
-        self._pool.append(_Worker(process, parent, runs=runs))
+        self._pool.append(_Worker(process, parent, slot))
+
+    @staticmethod
+    def _log_setup() -> LogSetup:
+        """The level and, if the root logger writes to stderr, the format of this process's log, for its workers."""
+        level = log.getEffectiveLevel()
+        for handler in logging.getLogger().handlers:
+            stream = getattr(handler, "stream", None)
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                if stream is not None and stream.fileno() == 2 and handler.formatter is not None:
+                    return level, handler.formatter._fmt, handler.formatter.datefmt  # the workers' stderr is ours
+        return level, None, None
 
     def _collect(self, w: _Worker) -> bool:
         """Read what a worker said; return True if another idle worker should look for work too."""
@@ -638,20 +686,11 @@ class Daemon:
                 msg = w.conn.recv()
             except (EOFError, OSError):
                 return wake  # the worker died; its sentinel will tell
-            if msg[0] == "next":  # "done", then the "hold" of the next task
-                self._done(w, msg[1], msg[2])
-                msg = ("hold", *msg[3:])
-            if msg[0] == "hold":
-                w.holds += 1
-                w.claim, timeout, w.epoch = msg[1], msg[2], msg[3]
-                w.idle, w.started = False, time.monotonic()
-                w.deadline = w.started + timeout
-                self._holds += 1
-                wake = True  # it found work: there may be more
-            elif msg[0] == "done":
-                self._done(w, msg[1], msg[2])
+            if msg[0] == "hold":  # it found work: there may be more
+                w.idle = w.looking = False
+                wake = True
             elif msg[0] == "idle":
-                w.idle = True
+                w.idle, w.looking = True, False
                 wake = wake or self._rewake
                 self._rewake = False
             elif msg[0] == "warn":
@@ -660,21 +699,6 @@ class Daemon:
             elif msg[0] == "cannot" and msg[1] not in self._reported:
                 self._reported.add(msg[1])
                 self._warn("tasks of type %r wait: no handler %r is installed on this host", msg[1], msg[2])
-
-    def _done(self, w: _Worker, outcome: str, detail: str) -> None:
-        claim, w.claim, w.deadline = w.claim, None, float("inf")
-        w.cancel_by, w.kill_at = None, float("inf")
-        if claim is None:
-            return
-        took = time.monotonic() - w.started
-        if outcome == "unrunnable":
-            self._warn("type %r cannot run here (handler not found); task %s given back", claim.type_id, claim)
-        elif outcome == "lost":
-            self._warn("task %s: result discarded, the claim was taken away (%s)", claim, detail)
-        elif outcome == "unrecorded":
-            self._warn("task %s: its end could not be recorded: %s", claim, detail)
-        else:
-            self._info("task %s/%s attempt %d %s in %.3f s", claim.type_id, claim.task_id, claim.attempt, outcome, took)
 
     def _end_dead(self, w: _Worker, claim: Claim, why: str, *, fail: bool, count: bool = True) -> None:
         """Fail (or give back, counting a restart or not) the attempt of a worker that is gone, if this daemon may.
@@ -714,11 +738,12 @@ class Daemon:
         w.conn.close()
         code = w.process.exitcode
         cause = f"killed by signal {-code}" if code is not None and code < 0 else f"exited with status {code}"
-        if w.claim is not None and not w.between():
+        self._refresh(w)  # the slot as it left it
+        if w.claim is not None:
             self._end_dead(w, w.claim, f"worker process {w.process.pid} {cause} while running the handler", fail=True)
         elif code != 0 and not self._stop:
-            # it died between a claim and its "hold": that task is given back when this daemon stops, or when
-            # its timeout has passed (any daemon's sweep)
+            # it died between a claim and its record in the slot: that task is given back when this daemon
+            # stops, or when its timeout has passed (any daemon's sweep)
             self._warn("worker %s %s between tasks", w.process.pid, cause)
         if not self._stop:
             self._spawn()
@@ -726,11 +751,11 @@ class Daemon:
     def _check_cancels(self, now: float) -> None:
         """Pass on cancel requests to running tasks; kill those that ignore them past ``cancel_grace``."""
         for w in list(self._pool):
-            self._collect(w)  # a task it ended meanwhile is not cancelled, nor killed
-            if w.claim is None:
+            self._collect(w)
+            if w.idle:
                 continue
-            if w.between():  # ended; the worker claims its next task, which it reports next
-                w.kill_at = float("inf")
+            self._refresh(w)  # a task it ended meanwhile is not cancelled, nor killed
+            if w.claim is None:
                 continue
             if w.cancel_by is None:
                 w.cancel_by = self.spool.cancel_requested(w.claim)
@@ -748,29 +773,28 @@ class Daemon:
     def _kill(self, w: _Worker) -> bool:
         """SIGKILL a worker (a handler past its limit does not get to decide); True if it still ran its task.
 
-        What it said before it died is read first: the end of its task, and maybe the "hold" of the next
-        one, which is given back at once.
+        Its slot is read again after it died: the task it ran may have ended just before, and the next
+        one begun, which is given back at once without counting a restart (the kill was not for it).
         """
-        held, running = w.claim, not w.between()  # an ended task whose "next" is coming is not running
+        self._refresh(w)
+        held, seen = w.claim, w.seen
         w.process.kill()
         w.process.join()
         self._collect(w)
-        if w.claim is not None and w.claim != held:
-            self._end_dead(w, w.claim, "its worker was killed before its handler ran", fail=False, count=False)
+        self._refresh(w)
+        if w.claim is not None and w.seen != seen:
+            self._end_dead(w, w.claim, "its worker was killed as this task began", fail=False, count=False)
         self._pool.remove(w)
         w.conn.close()
-        return running and held is not None and w.claim == held
+        return held is not None and w.seen == seen and w.claim is not None
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()
         for w in list(self._pool):
-            if w.claim is None or now < w.deadline:
+            if w.idle:
                 continue
-            self._collect(w)  # it may have ended that task just now
+            self._refresh(w)  # it may have ended that task just now, or begun another
             if w.claim is None or now < w.deadline:
-                continue
-            if w.between():  # it did, and claims its next task, which it reports next: no deadline until then
-                w.deadline = float("inf")
                 continue
             claim, limit = w.claim, w.deadline - w.started
             if self._kill(w):
@@ -779,8 +803,10 @@ class Daemon:
                 self._spawn()
 
     def _shutdown(self) -> None:
+        self._lease[2] = 1.0  # a worker that claims now gives that task back and stops
         for w in list(self._pool):
-            self._collect(w)  # a "hold" not read yet is a task this worker runs
+            self._collect(w)
+            self._refresh(w)
             claim = w.claim
             if claim is not None and self._kill(w):
                 why = f"daemon {self.server_id} stopped before it finished"
@@ -804,7 +830,17 @@ class Daemon:
         # the heartbeat's mtime is stamped after this (to the second, on some file systems: other daemons
         # wait all of --dead-after, this one trusts its lease for 0.6 of it)
         began = Lease.now()
-        running = [w.claim.key for w in self._pool if w.claim is not None]
+        running = []
+        for w in self._pool:
+            self._refresh(w)
+            if w.claim is not None:
+                running.append(w.claim.key)
+        if self._holds > self._told_holds:  # the workers log a task FINISHED at DEBUG only: this says they work
+            took = max(began - self._told_at, 1e-9)
+            count = self._holds - self._told_holds
+            rate = count / took
+            self._info("%d tasks began in the last %.1f s (%.0f/s); %d running", count, took, rate, len(running))
+        self._told_holds, self._told_at = self._holds, began
         info = {
             "host": self._host,
             "pid": os.getpid(),

@@ -1,16 +1,23 @@
-"""What runs in a daemon's worker process: claim, start, handler, end, tell the main process.
+"""What runs in a daemon's worker process: claim, start, handler, end, and a record of it for the main process.
 
 A worker (:func:`worker_main`, the target of each worker process the main
 process in :mod:`spoolatp.daemon` spawns) runs the guide's consumer body one
 task after another until the queue is empty. It claims and starts each task
 itself, in one step (:meth:`Spool.claim_and_start <spoolatp.spool.Spool.claim_and_start>`),
 and only of types whose handler is installed on this host; runs its handler
-(:func:`run_claim`); and tells the main process over its pipe which attempt
-it holds and its timeout before the handler runs ("hold"), and how it ended
-afterwards ("done", or "next" together with the next claim's "hold"). A task
-it lost track of after a false error of the file system it gives back
-(:func:`give_back`). When nothing is left it says "idle" and waits for the
-main process's "go" (or ``None``: stop).
+(:func:`run_claim`); and logs how each task ended. A task it lost track of
+after a false error of the file system it gives back (:func:`give_back`).
+
+**Slot.** Which attempt a worker runs, since when and under which timeout
+is in its :class:`Slot`, memory it shares with the main process: written
+before each handler runs and after each task's end is recorded, read by the
+main process when it judges timeouts, cancels, a dead worker or its
+heartbeat. A task costs no message and no wake-up of the main process (a
+message per task cost the daemon a third of its throughput). Messages go
+over the worker's pipe only when something changes for the main process:
+"hold" (the first claim after it was woken: idle siblings may find work
+too), "idle" (nothing waits that this host can run; it waits for "go", or
+``None``: stop), "warn" and "cannot" (a handler not installed here).
 
 **Lease.** The main process extends a :class:`Lease` shared with its workers
 each time it writes its heartbeat (:data:`spoolatp.daemon.LEASE_SHARE` of
@@ -27,15 +34,17 @@ worker's only if no sibling could have put it there: :class:`ClaimLock`, a
 (:func:`host_lock_path`), serializes their claim renames.
 
 Nothing here imports :mod:`spoolatp.daemon`: the main process knows its
-workers, the workers know only their pipe, the lease and the spool.
+workers, the workers know only their pipe, their slot, the lease and the spool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import functools
 import hashlib
+import logging
 import multiprocessing.connection
 import os
 import pickle
@@ -43,11 +52,12 @@ import select
 import signal
 import socket
 import stat
+import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from spoolatp import plugins
 from spoolatp.errors import (
@@ -62,6 +72,11 @@ from spoolatp.errors import (
 from spoolatp.format import KEY_ENV, Claim, StartedTask, State
 from spoolatp.spool import Spool, set_lease
 
+log = logging.getLogger(__name__)
+
+#: (level, format, date format) of the daemon's log, for its workers to log as it does; see :func:`worker_main`
+LogSetup = tuple[int, "str | None", "str | None"]
+
 
 def worker_main(
     conn: multiprocessing.connection.Connection,
@@ -70,48 +85,40 @@ def worker_main(
     lease: Any,
     key_file: str | None = None,
     max_tasks: int | None = None,
-    runs: Any = None,
+    slot: Slot | None = None,
+    log_setup: LogSetup | None = None,
 ) -> None:
     """Claim and run tasks until the queue is empty, then wait for the main process to say "go" (or stop).
 
-    Messages to the main process: ``("hold", claim, timeout, epoch)`` right
-    after a claim and before its task starts (so the main process can enforce
-    the timeout and give the task back if this worker dies), ``("done",
-    outcome, detail)`` after it, ``("idle",)`` when nothing waits that this
-    host can run, ``("cannot", type_id, handler)`` once per type whose handler
-    is not installed. A "done" followed by the next claim's "hold" goes as one
-    message, ``("next", outcome, detail, claim, timeout, epoch)``: one pipe
-    write and one wake-up of the main process per task instead of two. From
-    the main process: ``"go"`` (look again) or ``None`` (stop).
+    ``slot`` (shared with the main process, see :class:`Slot`) records each
+    attempt before its handler runs, and its end after the end is recorded.
+    Messages to the main process: ``("hold",)`` after the first claim since
+    it was started or woken, ``("idle",)`` when nothing waits that this host
+    can run, ``("warn", text)``, ``("cannot", type_id, handler)`` once per
+    type whose handler is not installed. From the main process: ``"go"``
+    (look again) or ``None`` (stop).
 
     ``lease`` is shared with the main process (see :class:`Lease`): no claim
-    while it has lapsed, and no end of an attempt claimed before it lapsed.
-    ``runs`` (shared with the main process) counts the tasks this worker has
-    run to their end: raised before the next claim, so the main process knows
-    a task has ended before the "next" that says how.
+    while it has lapsed, no end of an attempt claimed before it lapsed, and
+    no claim once it says the daemon stops. ``log_setup``: log the end of
+    each task as the daemon logs (level, format, date format; no format:
+    the level only, the handlers being the caller's).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
+    _setup_logging(log_setup)
     if key_file is not None:
         os.environ[KEY_ENV] = key_file  # so the tracker's spools (a handler's TaskStatus) sign with it too
     spool = Spool(spool_path, on_event=plugins.notify)
     accept = _Acceptor(spool, conn)
     serial = ClaimLock(spool, server)
-    pending = Pending(conn)
     send = sender(conn)
-    ended: tuple[str, str] | None = None  # how the last task ended, not told yet: it goes with the next "hold"
-
-    def tell_ended() -> None:
-        nonlocal ended
-        if ended is not None:
-            send(("done", *ended))
-            ended = None
-
+    tell = True  # the first claim since this worker was started or woken says "hold": its siblings may find work
     done = 0
     try:
         while max_tasks is None or done < max_tasks:
-            if pending() and conn.recv() is None:  # a stop (or a redundant "go") sent while this worker was busy
+            if Lease.stopping(lease):  # its daemon stops: no new claim
                 return
             claim = None
             if Lease.valid(lease):  # else presumed dead elsewhere, maybe: wait until the main process beats again
@@ -121,15 +128,14 @@ def worker_main(
                 except QueueEmpty:
                     pass
                 except (OSError, SpoolError) as exc:  # a full, read-only or unreachable spool: wait for a wake-up
-                    tell_ended()
                     send(("warn", f"could not claim from {spool.path}: {exc} (will retry)"))
             if claim is None:
-                tell_ended()
                 send(("idle",))
                 if conn.recv() is None:
                     return
+                tell = True
                 continue
-            if pending() and conn.recv() is None:  # the stop came while this claim was being made
+            if Lease.stopping(lease):  # the stop came while this claim was being made
                 with contextlib.suppress(OSError, SpoolError):
                     # its handler never ran: back in the queue, no restart counted, the grace not used
                     spool.abandon(claim, "its daemon stopped before its handler ran", count=False)
@@ -138,11 +144,11 @@ def worker_main(
                 timeout = spool.get_type(claim.type_id).timeout
             except (UnknownTaskType, OSError, SpoolError):  # start() reports what is wrong with the type
                 timeout = 3600.0
-            if ended is None:
-                send(("hold", claim, timeout, epoch))
-            else:
-                send(("next", *ended, claim, timeout, epoch))
-                ended = None
+            if slot is not None:
+                slot.hold(claim, timeout, epoch)  # before the handler runs: from now on its timeout counts
+            if tell:
+                send(("hold",))
+                tell = False
             set_lease(functools.partial(Lease.holds, lease, epoch))
             try:
                 outcome, detail = run_claim(spool, claim, started)
@@ -152,16 +158,120 @@ def worker_main(
                 detail += give_back(spool, claim, f"{outcome} after an error: {detail}")
             elif outcome == "unrunnable":
                 accept.unrunnable.add(claim.type_id)
-            if runs is not None:
-                runs.value += 1  # before the next claim: the main process must not kill this worker for it now
-            ended = (outcome, detail)
+            if slot is not None:
+                took = slot.ended()  # before the next claim: the main process must not kill this worker for it now
+                _log_end(server, claim, outcome, detail, took)
             done += 1
-        tell_ended()
     except (EOFError, OSError):  # the main process went away
         return
-    finally:
-        with contextlib.suppress(EOFError, OSError):
-            tell_ended()  # a worker that stops says how its last task ended first
+
+
+def _setup_logging(setup: LogSetup | None) -> None:
+    """Log as the daemon does: to the same stderr (inherited), in its format, at its level."""
+    if setup is None:
+        return
+    level, fmt, datefmt = setup
+    if fmt is not None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(fmt, datefmt))
+        root = logging.getLogger()
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        root.addHandler(handler)
+        root.setLevel(level)
+    else:
+        logging.getLogger("spoolatp").setLevel(level)
+
+
+def _log_end(server: str, claim: Claim, outcome: str, detail: str, took: float) -> None:
+    """One line per task: at DEBUG for a task FINISHED, else at INFO or WARNING.
+
+    A line per task at INFO cost the daemon a fifth of its throughput, and floods a log at thousands of
+    tasks a second; each task's journal has its history, and the main process logs how many tasks began
+    with each heartbeat.
+    """
+    if outcome == "unrunnable":
+        what = "cannot run here (handler not found)"
+        log.warning("[%s] type %r %s; task %s given back", server, claim.type_id, what, claim)
+    elif outcome == "lost":
+        log.warning("[%s] task %s: result discarded, the claim was taken away (%s)", server, claim, detail)
+    elif outcome == "unrecorded":
+        log.warning("[%s] task %s: its end could not be recorded: %s", server, claim, detail)
+    else:
+        level = logging.DEBUG if outcome == "FINISHED" else logging.INFO
+        if log.isEnabledFor(level):
+            ids = (claim.type_id, claim.task_id, claim.attempt)
+            log.log(level, "[%s] task %s/%s attempt %d %s in %.3f s", server, *ids, outcome, took)
+
+
+class _SlotData(ctypes.Structure):
+    _fields_ = [
+        ("holds", ctypes.c_int64),  # attempts recorded since the worker started
+        ("runs", ctypes.c_int64),  # of those, the ones whose end is recorded
+        ("attempt", ctypes.c_int64),
+        ("started", ctypes.c_double),  # time.monotonic() (one clock for every process of the host)
+        ("timeout", ctypes.c_double),
+        ("epoch", ctypes.c_double),  # the lease's epoch when it claimed
+        ("key", ctypes.c_char * 256),  # UTF-8; a key is at most 233 bytes and holds no NUL
+    ]
+
+
+class SlotView(NamedTuple):
+    holds: int
+    runs: int
+    key: str
+    attempt: int
+    started: float
+    timeout: float
+    epoch: float
+
+    @property
+    def running(self) -> bool:
+        """Whether the last attempt recorded has not ended: its handler runs (or is about to)."""
+        return self.runs < self.holds
+
+
+class Slot:
+    """The attempt a worker runs, in memory it shares with the main process.
+
+    The worker writes it (:meth:`hold` after each claim, before the handler
+    runs; :meth:`ended` once the task's end is recorded) and the main
+    process reads it (:meth:`read`). A lock makes every read see one whole
+    write. The worker holds it for a few stores, but may be killed in them:
+    then :meth:`read` gives up after a second and answers None, and the
+    task it was recording is given back as one whose claim was never
+    reported (when the daemon stops, or by the timeout sweep).
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self._data = ctx.RawValue(_SlotData)
+        self._lock = ctx.Lock()
+
+    def hold(self, claim: Claim, timeout: float, epoch: float) -> None:
+        with self._lock:
+            d = self._data
+            d.key = claim.key.encode()
+            d.attempt = claim.attempt
+            d.started = time.monotonic()
+            d.timeout = timeout
+            d.epoch = epoch
+            d.holds += 1
+
+    def ended(self) -> float:
+        """Record the end of the attempt held; return the seconds since :meth:`hold`."""
+        with self._lock:
+            self._data.runs += 1
+            return float(time.monotonic() - self._data.started)
+
+    def read(self) -> SlotView | None:
+        """What the worker recorded last; None if its lock could not be had (a worker killed in a write)."""
+        if not self._lock.acquire(timeout=1.0):
+            return None
+        try:
+            d = self._data
+            return SlotView(d.holds, d.runs, d.key.decode(), d.attempt, d.started, d.timeout, d.epoch)
+        finally:
+            self._lock.release()
 
 
 class Pending:
@@ -200,7 +310,7 @@ def give_back(spool: Spool, claim: Claim, reason: str) -> str:
 
 
 class Lease:
-    """The main process's proof to its workers that this daemon is not presumed dead: two shared doubles.
+    """The main process's proof to its workers that this daemon is not presumed dead: three shared doubles.
 
     ``[0]``: until when (:meth:`now`, one clock for every process of the
     host) the lease holds: the start of the last heartbeat written plus
@@ -210,6 +320,8 @@ class Lease:
     ends an attempt only while the lease of its claim's epoch still holds, so
     a host that comes back from a partition never claims before its heartbeat
     is fresh again, nor finishes a task another host may have taken over.
+    ``[2]``: not 0 once the daemon stops: a worker makes no new claim, and
+    gives back, unrun, one it made as the stop came.
     """
 
     @staticmethod
@@ -220,6 +332,10 @@ class Lease:
     @staticmethod
     def valid(lease: Any) -> bool:
         return bool(lease[0] > Lease.now())
+
+    @staticmethod
+    def stopping(lease: Any) -> bool:
+        return bool(lease[2])
 
     @staticmethod
     def holds(lease: Any, epoch: float) -> bool:

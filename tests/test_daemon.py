@@ -243,6 +243,28 @@ def test_burst_mode_drains_the_queue_and_exits_zero(tmp_path: Path) -> None:
     assert spool.response("Echo", "e7")[0] == "7"
 
 
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+def test_the_log_has_a_line_per_task_not_finished_and_a_count_per_heartbeat(tmp_path: Path, level: str) -> None:
+    """Workers log each end themselves: FINISHED at DEBUG only; the main process counts the tasks that began."""
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Echo", "testing.echo")
+    spool.register_type("Raise", "testing.raise")
+    for n in range(3):
+        spool.enqueue("Echo", f"e{n}", n)
+    spool.enqueue("Raise", "r1", "boom")
+    log = tmp_path / "d.log"
+    proc = start_daemon(spool, "--workers", "2", "--burst", "--server-id", "logger-1", "--log-level", level, log=log)
+    assert proc.wait(60) == 0
+    text = log.read_text()
+    assert text.count("[logger-1] task Raise/r1 attempt 1 FAILED in ") == 1
+    finished = [f"[logger-1] task Echo/e{n} attempt 1 FINISHED in " for n in range(3)]
+    assert [text.count(line) for line in finished] == ([1, 1, 1] if level == "DEBUG" else [0, 0, 0])
+    # the workers write in the daemon's format, to its stderr
+    assert all(line[:4].isdigit() and " spoolatp.workers: " in line for line in text.splitlines() if "Echo/e" in line)
+    counts = [int(line.split("] ")[1].split()[0]) for line in text.splitlines() if " tasks began in the last " in line]
+    assert sum(counts) == 4
+
+
 def test_tasks_nobody_can_run_stay_enqueued_and_are_reported_once(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.register_type("Alien", "no.such.handler")
@@ -408,7 +430,7 @@ def test_max_tasks_per_worker_recycles_workers(tmp_path: Path) -> None:
 def test_a_task_that_ended_is_not_killed_while_its_worker_claims_the_next(
     tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
 ) -> None:
-    """A worker tells how a task ended only with its next claim; a slow claim must not look like a hung task."""
+    """A worker records a task's end in its slot before it claims the next; a slow claim is not a hung task."""
     spool = Spool(tmp_path / "spool")
     marker, log = tmp_path / "ran.txt", tmp_path / "daemon.log"
     spool.register_type("Mark", "testing.marker", timeout=0.5)
