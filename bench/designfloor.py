@@ -157,7 +157,8 @@ def design_daemon(
     for _ in range(workers):
         parent, child = ctx.Pipe()
         slot = ctx.RawArray("q", 2)  # attempts begun, attempts ended
-        proc = ctx.Process(target=_design_worker, args=(child, path, stamps, durable, layout, slot), daemon=True)
+        lock = ctx.Lock()  # as spoolatp's Slot: each record whole for the reader
+        proc = ctx.Process(target=_design_worker, args=(child, path, stamps, durable, layout, slot, lock), daemon=True)
         proc.start()
         child.close()
         conns.append(parent)
@@ -170,15 +171,19 @@ def design_daemon(
         proc.join()
 
 
-def _design_worker(conn: Any, path: str, stamps: str, durable: bool, layout: type[DesignFloor], slot: Any) -> None:
+def _design_worker(
+    conn: Any, path: str, stamps: str, durable: bool, layout: type[DesignFloor], slot: Any, lock: Any
+) -> None:
     floor = layout(path, durable)
     while (key := floor.claim()) is not None:
-        slot[0] += 1
+        with lock:
+            slot[0] += 1
         floor.start(key)
         line = f"{time.time():.6f}\n".encode()  # what bench.stamp does
         fd = os.open(stamps, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.write(fd, line)
         os.close(fd)
         floor.finish(key)
-        slot[1] += 1
+        with lock:
+            slot[1] += 1
     conn.send(None)

@@ -64,7 +64,7 @@ from spoolatp import dropin, fsio, plugins
 from spoolatp.errors import ClaimLost, SpoolError
 from spoolatp.format import KEY_ENV, SPOOL_DIRS, Claim, validate_id
 from spoolatp.spool import Spool
-from spoolatp.workers import ClaimLock, Lease, LogSetup, Pending, Slot, give_back, host_lock_path, worker_main
+from spoolatp.workers import ClaimLock, Lease, Pending, Slot, give_back, host_lock_path, worker_main
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +351,8 @@ class Daemon:
         self._told_holds, self._told_at = 0, Lease.now()  # _holds and the time at the last heartbeat
         self._lease = self._ctx.RawArray("d", 3)  # see Lease
         self._rewake = False  # an arrival rang while a worker was looking: wake one again when it answers
+        self._wake_due = False  # a worker found work (see _collect): wake an idle sibling
+        self._arrived = False  # the wake-up pipe rang (an arrival, a signal) since the last _wake_one
         self._started = time.time()
         self._host = socket.gethostname()  # for the heartbeat: an idle daemon's every system call counts
         self._scanned_mtime: int | None = None  # enqueued/'s mtime at the last rescan that woke a worker
@@ -543,7 +545,7 @@ class Daemon:
                 want_claim = False
                 self._wake_one()
             deadline = min(
-                [min(w.deadline, w.kill_at) for w in self._pool]
+                [min(w.deadline, w.kill_at) for w in self._pool if not w.idle]
                 + [next_sweep, next_beat, next_scan]
                 + ([drain_until] if drain_until else [])
                 + ([next_cancel_check] if self._busy() else [])
@@ -553,14 +555,16 @@ class Daemon:
             if self._wake_r in ready:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
-                want_claim = True
+                want_claim = self._arrived = True
             for w in list(self._pool):
                 if w.conn.fileno() in ready:
-                    want_claim |= self._collect(w)
+                    self._collect(w)
                 if w.process.sentinel in ready and w in self._pool:
-                    self._collect(w)  # what it said before it went: a "hold" whose task it leaves behind
+                    self._collect(w)  # what it said before it went
                     self._bury(w)
             self._enforce_timeouts()
+            want_claim |= self._wake_due
+            self._wake_due = False
 
     def _wait(self, timeout: float) -> set[int]:
         """The descriptors that are ready among the wake-up pipe and each worker's pipe and sentinel.
@@ -612,6 +616,11 @@ class Daemon:
         if any(w.looking for w in self._pool):
             self._rewake = True  # a worker is looking already, maybe at a listing older than this arrival
             return
+        if self._arrived and any(self._between_tasks(w) for w in self._pool):
+            # an arrival, and a busy worker between tasks: its listing may be older than the arrival, and it
+            # may be about to say "idle" (it says nothing when it finds work); its "idle" wakes another worker
+            self._rewake = True
+        self._arrived = False
         for w in self._pool:
             if w.idle:
                 w.idle, w.looking = False, True
@@ -621,6 +630,13 @@ class Daemon:
                     continue
                 return
         # all busy: each claims the next task itself when it is done
+
+    def _between_tasks(self, w: _Worker) -> bool:
+        """Whether a busy worker has ended its last task and not begun the next (its slot is read)."""
+        if w.idle:
+            return False
+        self._refresh(w)
+        return w.claim is None
 
     def _all_idle(self) -> bool:
         return bool(self._pool) and all(w.idle for w in self._pool)
@@ -656,7 +672,7 @@ class Daemon:
                 self._key_file,
                 self.max_tasks_per_worker,
                 slot,
-                self._log_setup(),
+                logging.getLogger().getEffectiveLevel(),  # what passes it, this process's handlers judge
             ),
             name=f"spoolatp-worker-{self.server_id}",
             daemon=True,
@@ -665,34 +681,33 @@ class Daemon:
         child.close()
         self._pool.append(_Worker(process, parent, slot))
 
-    @staticmethod
-    def _log_setup() -> LogSetup:
-        """The level and, if the root logger writes to stderr, the format of this process's log, for its workers."""
-        level = log.getEffectiveLevel()
-        for handler in logging.getLogger().handlers:
-            stream = getattr(handler, "stream", None)
-            with contextlib.suppress(AttributeError, OSError, ValueError):
-                if stream is not None and stream.fileno() == 2 and handler.formatter is not None:
-                    return level, handler.formatter._fmt, handler.formatter.datefmt  # the workers' stderr is ours
-        return level, None, None
-
     def _collect(self, w: _Worker) -> bool:
-        """Read what a worker said; return True if another idle worker should look for work too."""
+        """Read what a worker said; return True if another idle worker should look for work too.
+
+        Whoever calls it (a cancel check, a kill), the wake is kept for the main loop too: each is a
+        sibling's only chance to hear of work before the next rescan.
+        """
         wake = False
         while True:
             try:
                 if not w.pending():
+                    self._wake_due |= wake
                     return wake
                 msg = w.conn.recv()
             except (EOFError, OSError):
+                self._wake_due |= wake
                 return wake  # the worker died; its sentinel will tell
             if msg[0] == "hold":  # it found work: there may be more
                 w.idle = w.looking = False
                 wake = True
             elif msg[0] == "idle":
                 w.idle, w.looking = True, False
+                # it recorded its last task's end before it said so: nothing of it is left to judge
+                w.claim, w.deadline, w.cancel_by, w.kill_at = None, float("inf"), None, float("inf")
                 wake = wake or self._rewake
                 self._rewake = False
+            elif msg[0] == "log":  # a worker's record: through this process's handlers, as if logged here
+                logging.getLogger(msg[1].name).handle(msg[1])
             elif msg[0] == "warn":
                 self._claim_failed = True
                 self._warn("%s", msg[1])

@@ -45,6 +45,7 @@ import fcntl
 import functools
 import hashlib
 import logging
+import logging.handlers
 import multiprocessing.connection
 import os
 import pickle
@@ -52,8 +53,8 @@ import select
 import signal
 import socket
 import stat
-import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -74,9 +75,6 @@ from spoolatp.spool import Spool, set_lease
 
 log = logging.getLogger(__name__)
 
-#: (level, format, date format) of the daemon's log, for its workers to log as it does; see :func:`worker_main`
-LogSetup = tuple[int, "str | None", "str | None"]
-
 
 def worker_main(
     conn: multiprocessing.connection.Connection,
@@ -86,7 +84,7 @@ def worker_main(
     key_file: str | None = None,
     max_tasks: int | None = None,
     slot: Slot | None = None,
-    log_setup: LogSetup | None = None,
+    log_level: int | None = None,
 ) -> None:
     """Claim and run tasks until the queue is empty, then wait for the main process to say "go" (or stop).
 
@@ -100,20 +98,22 @@ def worker_main(
 
     ``lease`` is shared with the main process (see :class:`Lease`): no claim
     while it has lapsed, no end of an attempt claimed before it lapsed, and
-    no claim once it says the daemon stops. ``log_setup``: log the end of
-    each task as the daemon logs (level, format, date format; no format:
-    the level only, the handlers being the caller's).
+    no claim once it says the daemon stops. ``log_level``: this process's log
+    records of that level and above (the end of each task, the handler's own)
+    go to the main process as ``("log", record)``, which logs them through its
+    handlers: one log, in the daemon's format, wherever the daemon logs.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the main process, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_parent()
-    _setup_logging(log_setup)
+    send = sender(conn)
+    if log_level is not None:
+        _log_to_main(send, log_level)
     if key_file is not None:
         os.environ[KEY_ENV] = key_file  # so the tracker's spools (a handler's TaskStatus) sign with it too
     spool = Spool(spool_path, on_event=plugins.notify)
-    accept = _Acceptor(spool, conn)
+    accept = _Acceptor(spool, send)
     serial = ClaimLock(spool, server)
-    send = sender(conn)
     tell = True  # the first claim since this worker was started or woken says "hold": its siblings may find work
     done = 0
     try:
@@ -166,21 +166,25 @@ def worker_main(
         return
 
 
-def _setup_logging(setup: LogSetup | None) -> None:
-    """Log as the daemon does: to the same stderr (inherited), in its format, at its level."""
-    if setup is None:
-        return
-    level, fmt, datefmt = setup
-    if fmt is not None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(fmt, datefmt))
-        root = logging.getLogger()
-        for old in list(root.handlers):
-            root.removeHandler(old)
-        root.addHandler(handler)
-        root.setLevel(level)
-    else:
-        logging.getLogger("spoolatp").setLevel(level)
+def _log_to_main(send: Callable[[Any], None], level: int) -> None:
+    """Send this process's log records of ``level`` and above to the main process (see :func:`worker_main`)."""
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(_ToMain(send))
+    root.setLevel(level)
+
+
+class _ToMain(logging.handlers.QueueHandler):
+    """A log record, formatted into plain strings (picklable), as a message on the worker's pipe."""
+
+    def __init__(self, send: Callable[[Any], None]) -> None:
+        super().__init__(None)  # type: ignore[arg-type]  # no queue: enqueue() sends
+        self._send = send
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(EOFError, OSError):  # the main process went away: nobody to log for
+            self._send(("log", record))
 
 
 def _log_end(server: str, claim: Claim, outcome: str, detail: str, took: float) -> None:
@@ -286,10 +290,16 @@ class Pending:
 
 
 def sender(conn: multiprocessing.connection.Connection) -> Callable[[Any], None]:
-    """``conn.send`` at less cost: plain pickle, which the other side's ``recv()`` reads as it reads its own."""
+    """``conn.send`` at less cost: plain pickle, which the other side's ``recv()`` reads as it reads its own.
+
+    Thread-safe: a handler's threads log through it too, and two writes at once would garble the pipe.
+    """
+    lock = threading.Lock()
 
     def send(msg: Any) -> None:
-        conn.send_bytes(pickle.dumps(msg, pickle.HIGHEST_PROTOCOL))
+        data = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
+        with lock:
+            conn.send_bytes(data)
 
     return send
 
@@ -387,8 +397,8 @@ class ClaimLock:
 class _Acceptor:
     """``accept`` for a worker's claims: only types whose handler is installed on this host."""
 
-    def __init__(self, spool: Spool, conn: multiprocessing.connection.Connection) -> None:
-        self.spool, self.conn = spool, conn
+    def __init__(self, spool: Spool, send: Callable[[Any], None]) -> None:
+        self.spool, self.send = spool, send
         self.unrunnable: set[str] = set()  # types whose handler failed to load here (HandlerNotFound)
         self._told: set[str] = set()
 
@@ -403,7 +413,7 @@ class _Acceptor:
             return True
         if type_id not in self._told:  # told once; the main process says so once per daemon
             self._told.add(type_id)
-            self.conn.send(("cannot", type_id, handler))
+            self.send(("cannot", type_id, handler))
         return False
 
 

@@ -265,6 +265,52 @@ def test_the_log_has_a_line_per_task_not_finished_and_a_count_per_heartbeat(tmp_
     assert sum(counts) == 4
 
 
+def test_a_daemon_used_as_a_library_logs_its_workers_lines_through_the_applications_handlers(tmp_path: Path) -> None:
+    """Worker records reach the main process's own handlers: a file, a {-style format, its level."""
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Echo", "testing.echo")
+    spool.register_type("Raise", "testing.raise")
+    spool.enqueue("Echo", "e1", 1)
+    spool.enqueue("Raise", "r1", "boom")
+    app_log = tmp_path / "app.log"
+    script = (
+        "import logging, sys\n"
+        "from spoolatp.daemon import Daemon\n"
+        f"logging.basicConfig(filename={str(app_log)!r}, style='{{', format='{{levelname}}|{{name}}|{{message}}',"
+        " level=logging.INFO)\n"
+        f"sys.exit(Daemon({str(spool.path)!r}, workers=2, burst=True, server_id='lib-1').run())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = app_log.read_text().splitlines()
+    assert "INFO|spoolatp.workers|[lib-1] task Raise/r1 attempt 1 FAILED in " in "\n".join(lines)
+    assert not any("Echo/e1 attempt 1 FINISHED" in line for line in lines)  # DEBUG, below the app's level
+    assert "Traceback" not in proc.stderr and "FAILED" not in proc.stderr  # nothing bypassed the handlers
+
+
+def test_an_idle_daemon_does_not_spin_after_a_task_whose_timeout_is_shorter_than_its_heartbeat(
+    tmp_path: Path, daemons: list[subprocess.Popen[bytes]]
+) -> None:
+    """The main process forgets an idle worker's last deadline; waking for it again and again would spin."""
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("Echo", "testing.echo", timeout=1)
+    daemons.append(start_daemon(spool, "--workers", "2", "--heartbeat", "20", "--sweep-interval", "60"))
+    spool.enqueue("Echo", "e1", 1)
+    wait_for(lambda: spool.status("Echo", "e1") is State.FINISHED, 30, "the task to finish")
+    time.sleep(1.5)  # past its timeout, long before the next heartbeat
+    pid = daemons[0].pid
+
+    def cpu() -> float:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu()
+    time.sleep(3)
+    assert cpu() - before < 1.0  # a spin burns all 3 s; an idle daemon next to nothing
+    assert stop(daemons[0]) == 0
+
+
 def test_tasks_nobody_can_run_stay_enqueued_and_are_reported_once(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     spool.register_type("Alien", "no.such.handler")
