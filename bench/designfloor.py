@@ -2,10 +2,12 @@
 
 It makes exactly the file operations spoolatp's design needs per task and no
 others: enqueue = symlink in ids/, mkdir in tmp/, write the task file, rename
-the directory into enqueued/; claim = rename into scheduled/SERVER/, read the
-task file, append a journal line; start = rename into running/SERVER/, append;
-finish = append, rename into finished/. Durable mode fsyncs each file written,
-as spoolatp's does. No validation, checksums, pickling or re-reads.
+the directory into enqueued/; claim = rename into scheduled/SERVER/, open the
+task file, read it and append a journal line to it (spool format 2: the
+journal follows the record in the task file); start = rename into
+running/SERVER/, append; finish = append, rename into finished/. Durable mode
+fsyncs each file written, as spoolatp's does. No validation, checksums,
+pickling or re-reads.
 
 floor -> design floor is the price of the layout (a directory and an id link
 per task, a journal line per transition); design floor -> spoolatp is the
@@ -14,7 +16,7 @@ price of the implementation, which is what a fix can win back.
 OneFileFloor is the same protocol on a one-file-per-task layout: the task is a
 single file (a header giving the payload's length, the payload, then the
 journal lines appended after it) renamed from state to state, so a task costs
-two inodes (its id link and its file) instead of four.
+two inodes (its id link and its file) instead of three (a directory besides).
 """
 
 from __future__ import annotations
@@ -79,20 +81,24 @@ class DesignFloor:
         if (key := self._take()) is None:
             return None
         dest = os.path.join(self.path, "scheduled", self.server, key)
-        fd = os.open(os.path.join(dest, "task"), os.O_RDONLY)
-        os.read(fd, 65536)
-        os.close(fd)
-        self._write(os.path.join(dest, "journal"), b'{"s":2}\n', os.O_APPEND)
+        fd = os.open(os.path.join(dest, "task"), os.O_RDWR | os.O_APPEND)
+        try:
+            os.read(fd, 65536)  # the record; the journal lines go after it
+            os.write(fd, b'{"s":2}\n')
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         return key
 
     def start(self, key: str) -> None:
         dest = os.path.join(self.path, "running", self.server, key)
         os.rename(os.path.join(self.path, "scheduled", self.server, key), dest)
-        self._write(os.path.join(dest, "journal"), b'{"s":3}\n', os.O_APPEND)
+        self._write(os.path.join(dest, "task"), b'{"s":3}\n', os.O_APPEND)
 
     def finish(self, key: str) -> None:
         src = os.path.join(self.path, "running", self.server, key)
-        self._write(os.path.join(src, "journal"), b'{"s":5}\n', os.O_APPEND)
+        self._write(os.path.join(src, "task"), b'{"s":5}\n', os.O_APPEND)
         os.rename(src, os.path.join(self.path, "finished", key))
 
 

@@ -30,7 +30,7 @@ from designfloor import DesignFloor, OneFileFloor, design_daemon
 from floor import FloorSpool
 
 from spoolatp.errors import QueueEmpty
-from spoolatp.format import TASK_MAGIC, encode_name, make_key, seal, unseal
+from spoolatp.format import TASK_MAGIC, encode_name, journal_offset, make_key, seal, unseal
 from spoolatp.spool import Spool
 
 NOOP, STAMP = "Noop", "Stamp"
@@ -326,7 +326,10 @@ def _count_listings(path: str) -> Callable[[], int]:
 def _restore(path: str, fpath: str | None) -> None:
     sched = os.path.join(path, "scheduled", "depth")
     for key in os.listdir(sched) if os.path.isdir(sched) else []:
-        os.unlink(os.path.join(sched, key, "journal"))  # as it was: a longer journal would cost more to read
+        task = os.path.join(sched, key, "task")
+        with open(task, "rb") as f:
+            head = f.read(4096)
+        os.truncate(task, journal_offset(head))  # as it was: a longer journal would cost more to read
         os.rename(os.path.join(sched, key), os.path.join(path, "enqueued", key))  # idle queue: no race
     if fpath:
         cur = os.path.join(fpath, "cur")
@@ -368,8 +371,15 @@ class DaemonProcess:
     def __init__(self, spool: str, workers: int, log: str, extra: list[str] | None = None) -> None:
         self.log = open(log, "ab")
         cmd = [sys.executable, "-m", "spoolatp", "--spool", spool, "daemon", "--workers", str(workers), *(extra or [])]
+        # not run from the checkout: `python -m` puts the working directory first on sys.path, where its
+        # spoolatp/ would shadow the one being measured (a snapshot on PYTHONPATH; docs/bench.md)
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env_with_plugin()
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env_with_plugin(),
+            cwd=os.path.dirname(os.path.abspath(spool)),
         )
 
     def alive(self) -> bool:

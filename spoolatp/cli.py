@@ -1303,6 +1303,46 @@ def sweep(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--force", is_flag=True, help="Upgrade although daemons' heartbeats are fresh (only if they are dead).")
+@json_option
+@click.pass_context
+def upgrade(ctx: click.Context, force: bool, as_json: bool) -> None:
+    """Convert the spool to this version's on-disk format (journal lines inside the task file).
+
+    Run it once, with every daemon on every host stopped, after installing this version on every
+    host. Safe to run again after a crash; a spool already converted is left alone.
+
+    \b
+    Example:
+      spoolatp --spool /srv/spool upgrade
+    """
+    from spoolatp.upgrade import upgrade as upgrade_spool
+
+    report = upgrade_spool(_open(ctx), force=force)
+    if as_json:
+        _json_out(report.to_json())
+        return
+    for daemon_ in report.forced:
+        click.echo(f"spoolatp: warning: daemon {daemon_} looked alive; upgraded anyway (--force)", err=True)
+    if report.before == report.after:
+        click.echo(f"the spool at {report.spool} is in format {report.after} already: nothing to do")
+        return
+    per_place = ", ".join(f"{place} {n}" for place, n in report.converted.items() if n)
+    click.echo(
+        f"upgraded the spool at {report.spool} from format {report.before} to {report.after}: converted "
+        f"{report.total} task directories{f' ({per_place})' if per_place else ''}; "
+        f"{report.unchanged} had no journal and needed nothing"
+    )
+    for path, reason in report.skipped:
+        click.echo(f"skipped {path}: {reason}")
+    if report.skipped:
+        click.echo(
+            f"{len(report.skipped)} entries were left as they were: they are damaged, and the daemons quarantine "
+            "them when they meet them (see quarantine/ later)"
+        )
+
+
+@cli.command()
 @json_option
 def handlers(as_json: bool) -> None:
     """List the handler plugins installed on this host.

@@ -417,6 +417,12 @@ class Daemon:
         spool = self.spool
         for warning in trust_warnings(spool):  # check_key() in there refuses a key that does not fit
             self._warn("%s", warning)
+        if spool.journal_file == "journal":
+            self._info(
+                "spool %s is in format 1 (a journal file per claimed task): `spoolatp upgrade`, with every daemon "
+                "stopped, saves a file creation per task (docs/format.md)",
+                spool.path,
+            )
         fs, options = fsio.filesystem_of(spool.path)
         poll = self.poll
         if fs in NETWORK_FS:

@@ -25,6 +25,9 @@ from spoolatp import fsio
 from spoolatp.errors import CorruptTaskFile, SigningKeyError
 
 FORMAT = 1
+#: the layout of a spool, in its spool.json: 1, each task directory has a ``journal`` file; 2, the journal
+#: lines follow the sealed record in the ``task`` file (one file created per task, not two)
+SPOOL_FORMAT = 2
 #: the format of task and response files in a signed spool (HMAC in place of the checksum)
 SIGNED_FORMAT = 2
 TASK_MAGIC = b"SPOOLATP-TASK"
@@ -325,6 +328,22 @@ def unseal(magic: bytes, data: bytes, path: object, *, key: bytes | None = None,
 
 
 _FORMATS = (b"%d" % FORMAT, b"%d" % SIGNED_FORMAT)
+
+
+def journal_offset(data: bytes) -> int:
+    """Where the journal lines start in a format-2 task file: after its header line and the payload it sizes.
+
+    Nothing is checked but the header's length field (:func:`unseal` checks the rest).
+
+    :raises ValueError: no header line, or its length is not a number.
+    """
+    end = data.find(b"\n")
+    if end < 0:
+        raise ValueError("no header line")
+    parts = data[:end].split(b" ", 3)
+    if len(parts) < 4:
+        raise ValueError("header has fewer than four fields")
+    return end + 1 + int(parts[2])
 
 
 def _mac(key: bytes, magic: bytes, payload: bytes, meta: bytes, bind: str) -> bytes:

@@ -14,6 +14,7 @@ import re
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -199,17 +200,29 @@ def read_settled(file: PathArg, *, local: bool = False) -> bytes:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def read_file(file: PathArg, *, follow: bool = False, local: bool = False) -> bytes:
+def read_file(
+    file: PathArg, *, follow: bool = False, local: bool = False, skip: Callable[[bytes], int] | None = None
+) -> bytes:
     """The whole of ``file`` (``O_NOFOLLOW`` unless ``follow``): unbuffered, a few system calls for a small file.
 
     ``local``: the file is on a local file system (:func:`network_fs` says no), where a read of a regular
     file that returns less than it asked for has reached the end (Linux does not interrupt it), so no
-    second read confirms that.
+    second read confirms that. ``skip``: given the first bytes read, how many at the start to leave out;
+    those past the first read are never read (a task file's journal after a large input).
     """
     fd = os.open(file, os.O_RDONLY if follow else os.O_RDONLY | os.O_NOFOLLOW)
     try:
-        data = os.read(fd, READ_CHUNK)
-        if not data or (local and len(data) < READ_CHUNK):
+        raw = data = os.read(fd, READ_CHUNK)
+        if skip is not None:
+            start = skip(raw)
+            if start <= len(raw):
+                data = raw[start:]
+            elif local and len(raw) < READ_CHUNK:  # the file ends before ``start``
+                return b""
+            else:  # read on from there (nothing, if the file ends before)
+                os.lseek(fd, start, os.SEEK_SET)
+                raw = data = os.read(fd, READ_CHUNK)
+        if not raw or (local and len(raw) < READ_CHUNK):
             return data
         chunks = [data]
         while True:  # to the end: a short read need not be the end of the file (FUSE, signals)

@@ -32,20 +32,23 @@ path component.
 
 **Task directory.** Each task is a directory holding:
 
-- ``task``: written once at enqueue, never changed. A header line
-  ``SPOOLATP-TASK 1 <length> <sha256>`` (unsigned spool) or
-  ``SPOOLATP-TASK 2 <length> hmac-sha256:<KEYID>:<MAC>`` (signed spool, see
-  below) then the pickled record
-  ``{"type", "id", "input", "enqueued", "message", "slot"}``. A file whose
-  header, length, checksum or signature is wrong is never unpickled: its
-  task is moved to ``quarantine/`` with the reason.
-- ``journal``: JSON lines appended by whoever holds the task, one per state
-  change, log message or progress report:
-  ``{"t": time, "s": state code or null, "m": message, "srv": server,
-  "att": attempt, "p": progress fraction, "restart": n}``, written compact
-  (no spaces) with ``t``, ``s``, ``m`` first, which lets a reader count the
-  records of a state without parsing every line. The task's history is the
-  enqueue record followed by the journal.
+- ``task``: the record, written once at enqueue and never changed, then the
+  journal. A header line ``SPOOLATP-TASK 1 <length> <sha256>`` (unsigned
+  spool) or ``SPOOLATP-TASK 2 <length> hmac-sha256:<KEYID>:<MAC>`` (signed
+  spool, see below) then the pickled record
+  ``{"type", "id", "input", "enqueued", "message", "slot"}``, <length>
+  bytes. A record whose header, length, checksum or signature is wrong is
+  never unpickled: its task is moved to ``quarantine/`` with the reason.
+- the journal, after the record in ``task`` (spool format 2; format 1 has a
+  ``journal`` file instead, see :attr:`Spool.journal_file`): JSON lines
+  appended by whoever holds the task, one per state change, log message or
+  progress report: ``{"t": time, "s": state code or null, "m": message,
+  "srv": server, "att": attempt, "p": progress fraction, "restart": n}``,
+  written compact (no spaces) with ``t``, ``s``, ``m`` first, which lets a
+  reader count the records of a state without parsing every line. The
+  task's history is the enqueue record followed by the journal. One file
+  per task, not two: creating a file costs a disk file system more than
+  anything else a task does.
 - ``response``: optional, written by the handler (tmp name then rename):
   header line ``SPOOLATP-RESPONSE 1 <length> <sha256> <JSON meta>`` (or
   ``2 <length> hmac-sha256:<KEYID>:<MAC> <JSON meta>``) then the bytes.
@@ -147,10 +150,10 @@ from spoolatp.errors import (
 from spoolatp.format import (
     DEFAULT_PRIORITY,
     DIR_OF,
-    FORMAT,
     KEY_ENV,
     RESPONSE_MAGIC,
     SPOOL_DIRS,
+    SPOOL_FORMAT,
     TASK_MAGIC,
     Claim,
     LogRecord,
@@ -160,6 +163,7 @@ from spoolatp.format import (
     TaskType,
     decode_name,
     encode_name,
+    journal_offset,
     key_id,
     key_priority,
     key_time,
@@ -349,7 +353,7 @@ class Spool:
                         "directories must be real ones (was it planted? inspect it, remove it, and retry)",
                     )
             if not (self.path / "spool.json").exists():
-                settings: dict[str, Any] = {"format": FORMAT, "max_queue": 0, "durable": False}
+                settings: dict[str, Any] = {"format": SPOOL_FORMAT, "max_queue": 0, "durable": False}
                 if self._key is not None:  # a process with a key makes signed spools
                     settings.update(signed=True, key_id=self.key_id)
                 self._write_json(self.path / "spool.json", settings)
@@ -407,8 +411,23 @@ class Spool:
         now = time.monotonic()
         if self._settings is None or now - self._settings[0] > CACHE_TTL:
             # read again each second by every busy process: the few system calls of fsio.read_file, not open()'s
-            self._settings = (now, json.loads(fsio.read_file(f"{self._root}/spool.json", follow=True)))
+            settings = json.loads(fsio.read_file(f"{self._root}/spool.json", follow=True))
+            layout = settings.get("format", 1)
+            if type(layout) is not int or not 1 <= layout <= SPOOL_FORMAT:
+                raise SpoolError(
+                    f"the spool at {self} has format {layout!r}, which this spoolatp (format {SPOOL_FORMAT}) does "
+                    "not know; install the spoolatp version that made it on this host"
+                )
+            self._settings = (now, settings)
         return self._settings[1]
+
+    @property
+    def journal_file(self) -> str:
+        """The file of a task directory its journal lines are appended to: ``task`` (format 2) or ``journal`` (1).
+
+        Read from the settings (each second): ``spoolatp upgrade`` changes it under running producers.
+        """
+        return "task" if self.settings().get("format", 1) >= 2 else "journal"
 
     @property
     def durable(self) -> bool:
@@ -1212,14 +1231,16 @@ class Spool:
         if not stat.S_ISDIR(mode):  # a planted file or symlink: never follow it
             self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
             return None
-        # an unreadable journal must not count as no attempt (an attempt number used twice would let one
-        # holder take another's terminal record for its own): the OSError makes claim() give the task back
-        journal = self._journal_data(path, settle=True, strict=True)
-        attempt = _count_state(journal, State.SCHEDULED) + 1
+        inline = self.journal_file == "task"
+        if not inline:
+            # an unreadable journal must not count as no attempt (an attempt number used twice would let one
+            # holder take another's terminal record for its own): the OSError makes claim() give the task back
+            journal = self._journal_data(path, settle=True, strict=True)
+        read: list[bytes] = []  # format 2: the task file as read, record and journal in one read
         try:
             # the lstat above, after our rename, checked it is a directory
             # remembered for start(), unless this claim starts the task itself and start() never reads it
-            record = self._read_record(path, key, is_dir=True, remember=not start)
+            record = self._read_record(path, key, is_dir=True, remember=not start, read=read)
         except CorruptTaskFile:
             return None
         except OSError:
@@ -1228,6 +1249,9 @@ class Spool:
             return None  # deleted right after our rename
         except Exception:  # an input of a class this process lacks: start() raises it for the consumer to report
             record = {}  # and sweep_tmp frees its slot
+        if inline:  # the record was read, and checked: its header is sound, and the journal follows it
+            journal = read[0][journal_offset(read[0]) :]
+        attempt = _count_state(journal, State.SCHEDULED) + 1
         if record.get("slot") is not None:
             self._unlink_if_points(f"{self._dirs['slots']}/{record['slot']}", key)
         claim = Claim(self._root, server, key, attempt)
@@ -1239,7 +1263,8 @@ class Spool:
                 if record:
                     handler = self.get_type(record["type"]).handler
                     started = StartedTask(record["type"], record["id"], handler, record["input"])
-        self._hold(claim, path, State.RUNNING if start else State.SCHEDULED, len(journal))
+        size = len(read[0]) if inline else len(journal)  # of the file the journal lines are appended to
+        self._hold(claim, path, State.RUNNING if start else State.SCHEDULED, size)
         try:
             # started: both records in one append, the directory being in running/ already
             then = (State.RUNNING, "started") if started is not None else None
@@ -1286,7 +1311,7 @@ class Spool:
         if held is not None:
             path, state, size = held
             try:
-                st = os.lstat(f"{path}/journal")
+                st = os.lstat(f"{path}/{self.journal_file}")
             except OSError:
                 st = None
             # a task taken from this attempt left this path (a reaper or a delete renames it away first), and
@@ -1758,7 +1783,7 @@ class Spool:
                         reason = "not a task directory (plain file or symlink in a state directory)"
                         self._quarantine(base / key, reason)
                     continue
-                ended = fsio.mtime(base / key / "journal", None)
+                ended = fsio.mtime(base / key / self.journal_file, None)  # its last journal line
                 if ended is None:
                     next_due = now
                     continue
@@ -1789,7 +1814,12 @@ class Spool:
             key = rest.partition("~")[2]
             try:
                 if kind in ("reap", "cancel", "rerun") and fsio.real_dir(path):
-                    self._settle(path, key, "recovered after a crash during re-enqueue", count=False)
+                    try:
+                        self._settle(path, key, "recovered after a crash during re-enqueue", count=False)
+                    except ClaimLost:  # no task file to record it in (format 2), minutes after it was set aside
+                        if fsio.real_dir(path) and not fsio.listed(path, "task"):
+                            self._quarantine(path, "task directory without a task file", key)
+                        continue
                 elif kind in ("del", "enq") and key:
                     self._bury(path, key)
                 else:
@@ -1809,13 +1839,22 @@ class Spool:
     # ------------------------------------------------------------------ files inside a task
 
     def _read_record(
-        self, path: fsio.PathArg, key: str, *, quarantine: bool = True, is_dir: bool = False, remember: bool = False
+        self,
+        path: fsio.PathArg,
+        key: str,
+        *,
+        quarantine: bool = True,
+        is_dir: bool = False,
+        remember: bool = False,
+        read: list[bytes] | None = None,
     ) -> dict[str, Any]:
         """The enqueue record of task directory ``path``; unpickled only after its checksum or signature matched.
 
         ``is_dir``: the caller has just lstat-ed ``path`` and found a directory (not a link): not checked again.
         ``remember``: keep the bytes and the record for the next call (claim() for start()), which returns the
         same record, unchecked, if it reads the same bytes for the same key; any other call forgets them.
+        ``read``: the bytes of the task file are appended to it once read (format 2: the journal follows
+        the record), whether the record is then valid or not.
 
         :raises CorruptTaskFile: (the task is quarantined unless ``quarantine`` is False)
         :raises SigningKeyError: raised before anything is read, and quarantines nothing.
@@ -1827,6 +1866,12 @@ class Spool:
             if not is_dir and not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise CorruptTaskFile(path, "not a task directory (plain file or symlink in a state directory)")
             data = fsio.read_settled(file, local=self._local)
+            if read is not None:
+                read.append(data)
+            # format 2: the journal lines that follow are not the record's; cut in format 1 too, where nothing
+            # follows, but a task an interrupted `spoolatp upgrade` converted must not look truncated
+            with contextlib.suppress(ValueError):  # unseal says what is wrong with the header
+                data = data[: journal_offset(data)]
             memo, self._memo = self._memo, None
             if memo is not None and memo[0] == key and memo[1] == data:
                 return memo[2]  # these very bytes passed the checks below, in this process, a moment ago
@@ -1844,10 +1889,13 @@ class Spool:
                 raise  # the task moved on
             if isinstance(exc, OSError) and exc.errno == errno.ESTALE:
                 raise  # a network file system that has not settled yet: no reason to quarantine a task
-            if isinstance(exc, FileNotFoundError) and not self._local and fsio.listed(path, "task"):
-                # a lookup's false ENOENT outlasted read_settled's retries (GlusterFS) while a readdir, which
-                # the server answers, lists the file: the task is whole, and its claimer gives it back (the
-                # message goes into the journal with it), unless the mount said so too often to be passing
+            if isinstance(exc, FileNotFoundError) and not self._local:
+                # a lookup's false ENOENT outlasted read_settled's retries (GlusterFS), while a readdir lists the
+                # file, or even does not (seen in the rig: a readdir just after the rename that brought the
+                # directory here): the task is taken to be whole, and its claimer gives it back (the message
+                # goes into the journal with it), unless the mount said so too often to be passing. Format 2
+                # cannot write that message without the task file: the give-back stops in tmp/, and the sweep
+                # there sets the directory aside once the file is still missing minutes later
                 seen = self._journal_data(os.fspath(path)).count(FALSE_MISSING.encode())
                 if seen < FALSE_MISSING_LIMIT:
                     raise FileNotFoundError(errno.ENOENT, FALSE_MISSING, file) from None
@@ -1857,16 +1905,18 @@ class Spool:
                 self._quarantine(path, err.reason)
             raise err from None
 
-    def _quarantine(self, path: fsio.PathArg, reason: str) -> None:
+    def _quarantine(self, path: fsio.PathArg, reason: str, key: str | None = None) -> None:
+        """Move ``path`` aside with ``reason``; ``key``: the task's, when ``path`` is not named by it (tmp/)."""
         path = Path(path)
-        name = f"{path.name[:200]}~{secrets.token_hex(4)}"
+        key = key or path.name
+        name = f"{key[:200]}~{secrets.token_hex(4)}"
         dest = self.path / "quarantine" / name
         if not fsio.move(path, dest, proof="dst"):  # aside in one step; a symlink is moved, never followed
             return
         self._write_new(self.path / "quarantine" / f"{name}.reason", f"{path}: {reason}\n".encode())
         log.error("quarantined %s: %s", path, reason)
         with contextlib.suppress(ValueError):  # a task that is gone must not keep its (type, id) taken
-            self._release_id(path.name, files_to=self.path / "quarantine" / f"{name}.files")
+            self._release_id(key, files_to=self.path / "quarantine" / f"{name}.files")
 
     def _append(
         self,
@@ -1925,8 +1975,11 @@ class Spool:
         for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
             try:
                 # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
-                # directory is opened O_NOFOLLOW, so a link in its place is never written through
-                fd = fsio.open_in(path, "journal", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+                # directory is opened O_NOFOLLOW, so a link in its place is never written through. Format 2
+                # appends to the task file, written whole before the task was published: never created here
+                name = self.journal_file
+                flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if name == "journal" else 0)
+                fd = fsio.open_in(path, name, flags)
                 break
             except NotADirectoryError:
                 raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
@@ -2010,9 +2063,12 @@ class Spool:
 
     def _read_journal(self, path: str, *, settle: bool, strict: bool) -> bytes:
         """The raw journal of task directory ``path``, b"" if it has none; :raises OSError: it cannot be read."""
+        name = self.journal_file
         for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
             try:
-                return fsio.read_file(f"{path}/journal", local=self._local)
+                if name == "journal":
+                    return fsio.read_file(f"{path}/journal", local=self._local)
+                return fsio.read_file(f"{path}/task", local=self._local, skip=_journal_start)
             except NotADirectoryError:
                 return b""
             except OSError as exc:
@@ -2022,8 +2078,8 @@ class Spool:
                     # GlusterFS may answer a lookup of a file a rename just brought here with ENOENT; the
                     # readdir of its directory is answered by the server
                     names = fsio.names_or_none(path)
-                    if names is not None and "journal" not in names:
-                        return b""  # none yet: a task never claimed
+                    if names is not None and name not in names:
+                        return b""  # none yet: a task never claimed (format 1), or a damaged one
                 if settle and fsio.settling(exc, path, attempt):  # GlusterFS: not visible yet, or a stale handle
                     continue
                 if exc.errno == errno.ENOENT and (not (settle or strict) or not os.path.lexists(path)):
@@ -2076,6 +2132,15 @@ def _due(not_before: datetime | float | None, now: float) -> float | None:
     if not_before > MAX_DELAY:  # due names hold 16 hex digits of nanoseconds: they end in 2554
         raise ValueError(f"not_before is {not_before:g} s away; the limit is 100 years")
     return now + not_before if not_before > 0 else None
+
+
+def _journal_start(head: bytes) -> int:
+    """Where a format-2 task file's journal starts, from its first bytes; a header that does not parse: at the end
+    (the task has no journal to show, and its claim quarantines it)."""
+    try:
+        return journal_offset(head)
+    except ValueError:
+        return 1 << 62
 
 
 def _last(journal: list[LogRecord], field: str) -> int:

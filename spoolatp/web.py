@@ -49,7 +49,7 @@ import threading
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"the web dashboard needs the 'web' extra: pip install 'spoolatp[web]' ({exc})") from exc
 
 from spoolatp.errors import CorruptTaskFile, ResponseNotFound, SpoolError, TaskNotFound
-from spoolatp.format import RESPONSE_MAGIC, TASK_MAGIC, LogRecord, State, key_time, parse_key, unseal
+from spoolatp.format import RESPONSE_MAGIC, TASK_MAGIC, LogRecord, State, journal_offset, key_time, parse_key, unseal
 from spoolatp.spool import Spool
 
 #: seconds between refreshes of a page's live part (a finished task's page: ENDED_REFRESH)
@@ -145,8 +145,9 @@ class _Index:
     One lock guards the caches; the threads serving requests share one index.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, journal_file: Callable[[], str]) -> None:
         self.root = root
+        self.journal_file = journal_file  # Spool.journal_file: "task" (format 2) or "journal" (format 1)
         self.lock = threading.Lock()
         self._listings: dict[Path, _Listing] = {}
         self._parsed: dict[str, tuple[str, str] | None] = {}
@@ -233,12 +234,13 @@ class _Index:
         old = cached[1] if cached else {}
         base = self.root / state.name.lower()
         times: dict[str, float] = {}
+        journal = self.journal_file()  # its mtime is the task's last journal line
         for e in entries:
             key = e[0]
             if key in old:
                 times[key] = old[key]
                 continue
-            for path in (base / key / "journal", base / key):
+            for path in (base / key / journal, base / key):
                 try:
                     times[key] = os.stat(path, follow_symlinks=False).st_mtime
                     break
@@ -341,6 +343,8 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
         raise
     except OSError as exc:
         return None, f"task file unreadable: {exc}"
+    with contextlib.suppress(ValueError):  # format 2: the journal lines after the record; unseal judges the header
+        data = data[: journal_offset(data)]
     try:
         payload, _ = unseal(TASK_MAGIC, data, file)
         record = _InertUnpickler(io.BytesIO(payload)).load()
@@ -449,7 +453,7 @@ class Dashboard:
                 f"no spool at {path} (create one with `spoolatp --spool {path} init`, or point --spool at one)"
             )
         self.spool = Spool(path)  # creates nothing in a spool that exists
-        self.index = _Index(self.spool.path)
+        self.index = _Index(self.spool.path, lambda: self.spool.journal_file)
 
     def _task_path(self, state: State, server: str | None, key: str) -> Path:
         base = self.spool.path / state.name.lower()

@@ -194,7 +194,7 @@ def test_a_broken_pipe_ends_quietly_with_exit_code_1(spool: Spool) -> None:
 def test_init_creates_a_spool_and_then_changes_its_settings(tmp_path: Path) -> None:
     path = tmp_path / "new"
     first = ok(path, "init")
-    assert first == {"spool": str(path), "created": True, "settings": {"durable": False, "format": 1, "max_queue": 0}}
+    assert first == {"spool": str(path), "created": True, "settings": {"durable": False, "format": 2, "max_queue": 0}}
     assert (path / "drop" / "rejected").is_dir()
     second = ok(path, "init", "--max-queue", "5", "--durable")
     assert second["created"] is False and second["settings"]["max_queue"] == 5 and second["settings"]["durable"]

@@ -206,7 +206,12 @@ def test_a_bad_task_file_in_any_state_directory_is_quarantined_never_unpickled(
     assert got == ["good-before", "good-after"]
     assert not marker.exists(), "a bad task file was unpickled"
     ((entry, reason),) = quarantined(signed).items()
-    assert entry.startswith(key) and KINDS[kind] in reason, (entry, reason)
+    expected = KINDS[kind]
+    if kind == "truncated" and place in ("scheduled", "running"):
+        # format 2: recover() appended its journal line to the task file, and the header's length now reaches
+        # into that line: the record no longer looks short, it fails its signature
+        expected = "signature mismatch"
+    assert entry.startswith(key) and expected in reason, (entry, reason)
     with pytest.raises(TaskNotFound):  # gone from every state, and its id is free again
         signed.status("T", "evil")
     signed.enqueue("T", "evil", [3])
@@ -727,7 +732,7 @@ def test_an_oversized_response_is_refused_and_the_handler_fails_with_the_reason(
     with pytest.raises(TaskTooLarge, match="max_response_bytes"):
         unsigned.store_response(claim, "x" * 1001)
     task_dir = unsigned.path / "running" / SERVER / claim.key
-    assert sorted(os.listdir(task_dir)) == ["journal", "task"]
+    assert sorted(os.listdir(task_dir)) == ["task"]
     unsigned.enqueue("Large", "via-handler", 5000)
     (claim,) = unsigned.claim(SERVER)
     assert run_claim(unsigned, claim)[0] == "FAILED"
@@ -838,7 +843,7 @@ def test_a_full_disk_during_a_state_change_and_a_response_loses_nothing(small_fs
     with pytest.raises(StorageError) as caught:
         spool.store_response(claim, os.urandom(256 << 10))
     assert caught.value.errno == errno.ENOSPC
-    assert sorted(os.listdir(spool.path / "running" / SERVER / claim.key)) == ["journal", "task"]
+    assert sorted(os.listdir(spool.path / "running" / SERVER / claim.key)) == ["task"]
     with contextlib.suppress(StorageError):  # a journal line may still fit into the file's last page
         spool.note(claim, "x" * 20000)
     ballast.unlink()

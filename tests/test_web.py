@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from spoolatp import Spool, State
-from spoolatp.format import make_key
+from spoolatp.format import TASK_MAGIC, make_key, seal
 
 pytest.importorskip("starlette", reason="the web extra is not installed: pip install -e '.[web]'")
 pytest.importorskip("uvicorn", reason="the web extra is not installed: pip install -e '.[web]'")
@@ -658,13 +658,12 @@ def test_large_spool_pages_open_no_journal_of_a_task_they_do_not_show(tmp_path: 
     for n in range(BULK):
         path = spool.path / "finished" / make_key("Bulk", f"t{n:06d}", stamp + n * 1000)
         os.mkdir(path)
-        if n >= BULK - shown:
-            (path / "journal").write_text(
-                json.dumps({"t": time.time(), "s": 5, "m": "finished", "srv": "bulk", "att": 1}) + "\n"
-            )
+        if n >= BULK - shown:  # format 2: the journal lines follow the record in the task file
+            line = json.dumps({"t": time.time(), "s": 5, "m": "finished", "srv": "bulk", "att": 1}) + "\n"
+            (path / "task").write_bytes(seal(TASK_MAGIC, b"record") + line.encode())
         else:
-            os.mkfifo(path / "journal")  # opening it for reading blocks until a writer comes
-            os.utime(path / "journal", (old, old))  # ended two hours ago: outside the throughput chart
+            os.mkfifo(path / "task")  # opening it for reading blocks until a writer comes
+            os.utime(path / "task", (old, old))  # ended two hours ago: outside the throughput chart
     with web_server(spool.path, tmp_path / "web.log") as base:
         took = {}
         for url in ("/", "/", "/tasks", "/tasks?state=FINISHED", "/tasks?type=Bulk", f"/tasks?q=t{BULK - 1:06d}"):
