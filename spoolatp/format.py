@@ -343,6 +343,9 @@ def journal_offset(data: bytes) -> int:
     parts = data[:end].split(b" ", 3)
     if len(parts) < 4:
         raise ValueError("header has fewer than four fields")
+    # digits only, and no longer than any file can be: a planted length must not reach lseek as 10**25
+    if not parts[2].isdigit() or len(parts[2]) > 15:
+        raise ValueError(f"length {parts[2][:20]!r} in header is not a number of bytes")
     return end + 1 + int(parts[2])
 
 

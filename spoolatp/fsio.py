@@ -214,12 +214,17 @@ def read_file(
     try:
         raw = data = os.read(fd, READ_CHUNK)
         if skip is not None:
+            while not local and 0 < len(raw) < READ_CHUNK:  # a short read need not be the end here
+                more = os.read(fd, READ_CHUNK - len(raw))
+                if not more:
+                    break
+                raw += more
             start = skip(raw)
             if start <= len(raw):
                 data = raw[start:]
-            elif local and len(raw) < READ_CHUNK:  # the file ends before ``start``
+            elif len(raw) < READ_CHUNK or start >= os.fstat(fd).st_size:  # the file ends before ``start``
                 return b""
-            else:  # read on from there (nothing, if the file ends before)
+            else:  # read on from there
                 os.lseek(fd, start, os.SEEK_SET)
                 raw = data = os.read(fd, READ_CHUNK)
         if not raw or (local and len(raw) < READ_CHUNK):

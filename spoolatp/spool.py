@@ -271,6 +271,7 @@ class Spool:
         self._listed_mtime = 0  # mtime (ns) of enqueued/ when it was listed
         self._list_cost = 0.0  # seconds the last listing took
         self._settings: tuple[float, dict[str, Any]] | None = None
+        self._upgrading = False  # spoolatp.upgrade's process: it reads a spool marked as being upgraded
         self._types: dict[str, tuple[float, TaskType]] = {}
         self._offset: tuple[float, float] | None = None
         self._server_dirs: set[str] = set()  # checked scheduled/SERVER directories (SERVER is validated)
@@ -412,6 +413,11 @@ class Spool:
         if self._settings is None or now - self._settings[0] > CACHE_TTL:
             # read again each second by every busy process: the few system calls of fsio.read_file, not open()'s
             settings = json.loads(fsio.read_file(f"{self._root}/spool.json", follow=True))
+            if "upgrading" in settings and not self._upgrading:
+                raise SpoolError(
+                    f"the spool at {self} is being upgraded to format {settings['upgrading']!r}, or its upgrade "
+                    "was interrupted: run `spoolatp upgrade` (again) before anything else uses it"
+                )
             layout = settings.get("format", 1)
             if type(layout) is not int or not 1 <= layout <= SPOOL_FORMAT:
                 raise SpoolError(
@@ -1249,8 +1255,13 @@ class Spool:
             return None  # deleted right after our rename
         except Exception:  # an input of a class this process lacks: start() raises it for the consumer to report
             record = {}  # and sweep_tmp frees its slot
-        if inline:  # the record was read, and checked: its header is sound, and the journal follows it
-            journal = read[0][journal_offset(read[0]) :]
+        if inline:
+            if not read:  # failed before the task file was read: the attempt cannot be counted, claim() gives it back
+                raise OSError(errno.EIO, f"task file of {key} not read")
+            try:
+                journal = read[0][journal_offset(read[0]) :]
+            except ValueError:  # a header that does not parse, of a task whose input this process cannot unpickle
+                journal = b""
         attempt = _count_state(journal, State.SCHEDULED) + 1
         if record.get("slot") is not None:
             self._unlink_if_points(f"{self._dirs['slots']}/{record['slot']}", key)
@@ -1699,7 +1710,13 @@ class Spool:
         grave = self.path / "tmp" / f"reap~{secrets.token_hex(4)}~{key}"
         if not fsio.move(path, grave, proof="dst"):  # fence: from now on the old holder's writes fail with ENOENT
             return None
-        return self._settle(grave, key, reason, count=count)
+        try:
+            return self._settle(grave, key, reason, count=count)
+        except ClaimLost:  # format 2: its task file cannot be written just now (a network mount): sweep_tmp finishes it
+            log.warning(
+                "task %s set aside in %s: its record could not be written; the sweep of tmp/ finishes it", key, grave
+            )
+            return None
 
     def _settle(self, grave: Path, key: str, reason: str, *, count: bool) -> State:
         """Decide where a fenced task goes and move it there."""
@@ -1817,9 +1834,10 @@ class Spool:
                     try:
                         self._settle(path, key, "recovered after a crash during re-enqueue", count=False)
                     except ClaimLost:  # no task file to record it in (format 2), minutes after it was set aside
-                        if fsio.real_dir(path) and not fsio.listed(path, "task"):
-                            self._quarantine(path, "task directory without a task file", key)
-                        continue
+                        names = fsio.names_or_none(path)
+                        if names is None or "task" in names:
+                            continue  # a mount that cannot say yet: the next sweep tries again
+                        self._quarantine(path, "task directory without a task file", key)
                 elif kind in ("del", "enq") and key:
                     self._bury(path, key)
                 else:
@@ -1889,13 +1907,15 @@ class Spool:
                 raise  # the task moved on
             if isinstance(exc, OSError) and exc.errno == errno.ESTALE:
                 raise  # a network file system that has not settled yet: no reason to quarantine a task
-            if isinstance(exc, FileNotFoundError) and not self._local:
-                # a lookup's false ENOENT outlasted read_settled's retries (GlusterFS), while a readdir lists the
-                # file, or even does not (seen in the rig: a readdir just after the rename that brought the
-                # directory here): the task is taken to be whole, and its claimer gives it back (the message
-                # goes into the journal with it), unless the mount said so too often to be passing. Format 2
-                # cannot write that message without the task file: the give-back stops in tmp/, and the sweep
-                # there sets the directory aside once the file is still missing minutes later
+            names = fsio.names_or_none(path) if isinstance(exc, FileNotFoundError) and not self._local else []
+            if names is None or (names and "task" in names):
+                # a lookup's false ENOENT outlasted read_settled's retries (GlusterFS) while a readdir, which the
+                # server answers, lists the file, or cannot list the directory (ESTALE, seen in the rig just
+                # after the rename that brought it here): the task is taken to be whole, and its claimer gives
+                # it back (the message goes into the journal with it), unless the mount said so too often to be
+                # passing. Format 2 cannot record that without the task file: the give-back then waits in tmp/
+                # for the sweep there, which finishes it once the file can be read. A listing without the
+                # file is the truth: the task is damaged, and set aside below
                 seen = self._journal_data(os.fspath(path)).count(FALSE_MISSING.encode())
                 if seen < FALSE_MISSING_LIMIT:
                     raise FileNotFoundError(errno.ENOENT, FALSE_MISSING, file) from None
@@ -1972,13 +1992,13 @@ class Spool:
             if claim is not None:
                 entry["srv"], entry["att"] = claim.server, claim.attempt
             line += _JOURNAL_LINE.encode(entry).encode() + b"\n"
+        # format 2 appends to the task file, written whole before the task was published: never created here
+        name = self.journal_file
+        flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if name == "journal" else 0)
         for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
             try:
                 # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
-                # directory is opened O_NOFOLLOW, so a link in its place is never written through. Format 2
-                # appends to the task file, written whole before the task was published: never created here
-                name = self.journal_file
-                flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if name == "journal" else 0)
+                # directory is opened O_NOFOLLOW, so a link in its place is never written through
                 fd = fsio.open_in(path, name, flags)
                 break
             except NotADirectoryError:

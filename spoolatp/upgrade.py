@@ -120,6 +120,7 @@ def upgrade(spool: Spool, *, force: bool = False, dead_after: float = 60.0) -> U
     :raises OSError: a file could not be written (the file system is full or read-only): run it again
         once that is fixed.
     """
+    spool._upgrading = True  # this process may read the settings of a spool marked as being upgraded
     before = spool_format(spool)
     report = UpgradeReport(str(spool.path), before, before)
     if before == SPOOL_FORMAT:
@@ -132,29 +133,36 @@ def upgrade(spool: Spool, *, force: bool = False, dead_after: float = 60.0) -> U
             "its last heartbeat); nothing was changed"
         )
     report.forced = live
-    durable, local = spool.durable, spool.local
+    local = spool.local
+    settings = dict(spool.settings())
+    if settings.get("upgrading") != SPOOL_FORMAT:
+        # first: every spoolatp from now on refuses the spool until it is converted (one that took a converted
+        # task file for a format-1 one would count no attempt in it, and write a journal file beside it)
+        spool._write_json(spool.path / "spool.json", {**settings, "upgrading": SPOOL_FORMAT})
+        spool._settings = None
     for place, name, directory in _task_dirs(spool, report):
         try:
-            if _convert(directory, durable=durable, local=local):
+            # fsynced whatever the spool's setting: the journal file is removed once the new task file is written
+            if _convert(directory, durable=True, local=local):
                 report.converted[place] += 1
             else:
                 report.unchanged += 1
         except _Skip as skip:
             report.skipped.append((name, str(skip)))
         except OSError as exc:
-            # a converted task file (journal lines after the record) looks truncated to a spool in format 1
+            # the spool stays marked as being upgraded: nothing uses it until a run completes
             raise SpoolError(
                 f"upgrade of the spool at {spool} stopped at {name}: {exc}; the spool is half converted: fix "
                 "that and run `spoolatp upgrade` again (as the spool's owner) before any daemon starts"
             ) from exc
     # last: a spool that says format 2 has no journal file left, but for the damaged tasks skipped above
+    os.sync()  # every converted task file and removal is on disk before the spool says format 2
     spool._settings = None  # the settings cache may be up to a second old
-    settings = dict(spool.settings())
+    settings = {k: v for k, v in spool.settings().items() if k != "upgrading"}
     settings["format"] = SPOOL_FORMAT
     spool._write_json(spool.path / "spool.json", settings)
     spool._settings = None
-    if durable:
-        fsio.fsync_dir(spool.path)
+    os.sync()
     report.after = SPOOL_FORMAT
     return report
 
@@ -204,11 +212,11 @@ def _convert(directory: str, *, durable: bool, local: bool) -> bool:
             return False  # never claimed: a task file alone is the same in both formats
         if not stat.S_ISREG(st.st_mode):
             raise _Skip("its journal is not a file (a symbolic link or a directory)")
-        sealed, mode = _sealed(task_path, local)
+        sealed, old = _sealed(task_path, local)
         journal = _read(journal_path, local, "journal")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_path)  # left by a run that died before its rename: written again below
-        _write(directory, sealed + journal, mode=mode, mtime_ns=st.st_mtime_ns, durable=durable)
+        _write(directory, sealed + journal, old=old, mtime_ns=st.st_mtime_ns, durable=durable)
         # rename(2) swaps the whole file: readers see the old task file or the new one, whose sealed part is
         # the same bytes; `journal`, still there, stays the truth until it is unlinked below (a rerun repeats this)
         if not fsio.move(tmp_path, task_path, proof="src"):
@@ -224,13 +232,16 @@ def _convert(directory: str, *, durable: bool, local: bool) -> bool:
         if durable:
             fsio.fsync_dir(directory)
         return True
-    raise _Skip(f"its journal grew {GROWTH_TRIES} times while it was converted: a process still writes it")
+    raise SpoolError(
+        f"the journal of {directory} grew {GROWTH_TRIES} times while it was converted: a process still writes "
+        "to the spool; stop it (every daemon, sweep and web --allow-actions, on every host) and run again"
+    )
 
 
-def _sealed(task_path: str, local: bool) -> tuple[bytes, int]:
-    """The sealed part of a task file (header line and payload, no journal lines) and the file's mode."""
+def _sealed(task_path: str, local: bool) -> tuple[bytes, os.stat_result]:
+    """The sealed part of a task file (header line and payload, no journal lines) and the file's status."""
     data = _read(task_path, local, "task file")
-    mode = stat.S_IMODE(os.lstat(task_path).st_mode)
+    old = os.lstat(task_path)
     header_end = data.find(b"\n") + 1
     if not data.startswith(TASK_MAGIC + b" ") or header_end == 0:
         raise _Skip(f"its task file has no SPOOLATP-TASK header line; {_LEFT}")
@@ -238,11 +249,9 @@ def _sealed(task_path: str, local: bool) -> tuple[bytes, int]:
         off = journal_offset(data)
     except ValueError as exc:
         raise _Skip(f"the header of its task file does not parse ({exc}); {_LEFT}") from None
-    if off < header_end:
-        raise _Skip(f"the header of its task file gives a negative length; {_LEFT}")
     if off > len(data):
         raise _Skip(f"its task file is shorter than its header says (truncated); {_LEFT}")
-    return data[:off], mode
+    return data[:off], old
 
 
 def _read(path: str, local: bool, what: str) -> bytes:
@@ -259,8 +268,9 @@ def _read(path: str, local: bool, what: str) -> bytes:
         raise  # not readable by this user, an I/O error: nothing is skipped that a rerun could convert
 
 
-def _write(directory: str, data: bytes, *, mode: int, mtime_ns: int, durable: bool) -> None:
-    """Create ``directory/TMP_NAME`` holding ``data``, with the old task file's mode and the journal's mtime.
+def _write(directory: str, data: bytes, *, old: os.stat_result, mtime_ns: int, durable: bool) -> None:
+    """Create ``directory/TMP_NAME`` holding ``data``, with the old task file's owner, group and mode, and the
+    journal's mtime (a daemon of the spool's group must read it as it read the old one).
 
     The mtime is the time of the last journal line, by which format 2 judges a finished task's retention
     (format 1 took the journal's). A failed write leaves no file behind.
@@ -274,7 +284,9 @@ def _write(directory: str, data: bytes, *, mode: int, mtime_ns: int, durable: bo
         fsio.reraise(exc, f"cannot create {directory}/{TMP_NAME}")
     try:
         fsio.write_all(fd, data)
-        os.fchmod(fd, mode)
+        if (old.st_uid, old.st_gid) != (os.getuid(), os.getgid()):
+            os.fchown(fd, old.st_uid, old.st_gid)  # PermissionError: not the spool's owner (the run stops)
+        os.fchmod(fd, stat.S_IMODE(old.st_mode))
         os.utime(fd, ns=(mtime_ns, mtime_ns))
         if durable:
             os.fsync(fd)

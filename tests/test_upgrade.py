@@ -358,7 +358,7 @@ def test_a_task_file_with_a_garbage_header_is_skipped_reported_and_untouched(pat
     [
         (b"SPOOLATP-TASK 1 many 0123\npayload", "does not parse"),
         (b"SPOOLATP-TASK 1 9999 0123\nshort", "truncated"),
-        (b"SPOOLATP-TASK 1 -99 0123\npayload", "negative length"),
+        (b"SPOOLATP-TASK 1 -99 0123\npayload", "not a number of bytes"),
         (b"SPOOLATP-TASK 1 7\npayload", "does not parse"),
     ],
 )
@@ -509,3 +509,24 @@ def test_a_format_1_spool_goes_on_working_with_journal_files_then_upgrades_with_
     fresh.rerun("Echo", "t1", "again")  # and it goes on: a second attempt, recorded in the task file
     (claim2,) = fresh.claim("s1")
     assert claim2.attempt == 2
+
+
+def test_a_spool_whose_upgrade_was_interrupted_is_refused_until_upgrade_runs_again(path: Path) -> None:
+    """The marker is written before any task file changes: no process takes a converted file for a format-1 one."""
+    settings = settings_of(path)
+    (path / "spool.json").write_text(json.dumps({**settings, "upgrading": SPOOL_FORMAT}))  # as a killed run leaves it
+    for use in (lambda s: s.log("Echo", "run"), lambda s: s.claim("s2"), lambda s: s.enqueue("Echo", "new", 1)):
+        with pytest.raises(SpoolError, match="being upgraded to format 2, or its upgrade was interrupted"):
+            use(Spool(path))
+    upgrade(Spool(path))
+    assert "upgrading" not in settings_of(path) and settings_of(path)["format"] == SPOOL_FORMAT
+    assert Spool(path).journal_file == "task"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_a_converted_task_file_keeps_its_owner_and_group(path: Path) -> None:
+    directory = task_dirs(path)["run"]
+    os.chown(directory / "task", 65534, 65534)
+    upgrade(Spool(path))
+    st = os.lstat(directory / "task")
+    assert (st.st_uid, st.st_gid) == (65534, 65534)
