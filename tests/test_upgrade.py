@@ -76,6 +76,10 @@ def sealed_part(task_file: Path) -> bytes:
     return header + b"\n" + rest[: int(header.split(b" ")[2])]
 
 
+#: what converting the fixture spool reports: one task directory converted in each place
+ONE_IN_EACH = {"enqueued": 1, "delayed": 1, "scheduled": 1, "running": 1, "finished": 1, "failed": 1, "tmp": 1}
+
+
 @pytest.fixture
 def path(tmp_path: Path) -> Path:
     """A spool in format 1 with one task per place a task directory can be, journals written by hand."""
@@ -138,15 +142,7 @@ def test_each_journal_ends_up_after_the_sealed_record_of_its_task_file(path: Pat
 
     report = upgrade(Spool(path))
 
-    assert report.converted == {
-        "enqueued": 1,
-        "delayed": 1,
-        "scheduled": 1,
-        "running": 1,
-        "finished": 1,
-        "failed": 1,
-        "tmp": 1,
-    }
+    assert report.converted == ONE_IN_EACH
     assert (report.total, report.unchanged, report.skipped) == (7, 1, [])  # "fresh" was never claimed
     assert (report.before, report.after) == (1, SPOOL_FORMAT)
     dirs = task_dirs(path)
@@ -438,15 +434,7 @@ def test_the_json_document_has_stable_keys_and_counts(path: Path) -> None:
         "total",
         "unchanged",
     ]
-    assert doc["converted"] == {
-        "enqueued": 1,
-        "delayed": 1,
-        "scheduled": 1,
-        "running": 1,
-        "finished": 1,
-        "failed": 1,
-        "tmp": 1,
-    }
+    assert doc["converted"] == ONE_IN_EACH
     assert (doc["format_before"], doc["format_after"], doc["total"], doc["unchanged"]) == (1, 2, 7, 1)
     assert doc["skipped"] == [] and doc["spool"] == str(path)
 
