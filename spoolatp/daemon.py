@@ -175,6 +175,8 @@ class _Worker:
 
     def __post_init__(self) -> None:
         self.pending = Pending(self.conn)
+        # both descriptors, looked up once: the main loop polls them at every wake-up
+        self.fds = (self.conn.fileno(), self.process.sentinel)
 
     def refresh(self, root: str, server: str) -> int:
         """Read its slot: :attr:`claim` becomes the attempt it runs now; return how many it began since last read.
@@ -563,9 +565,9 @@ class Daemon:
                     os.read(self._wake_r, 4096)
                 want_claim = self._arrived = True
             for w in list(self._pool):
-                if w.conn.fileno() in ready:
+                if w.fds[0] in ready:
                     self._collect(w)
-                if w.process.sentinel in ready and w in self._pool:
+                if w.fds[1] in ready and w in self._pool:
                     self._collect(w)  # what it said before it went
                     self._bury(w)
             self._enforce_timeouts()
@@ -580,7 +582,7 @@ class Daemon:
         """
         fds = [self._wake_r]
         for w in self._pool:
-            fds += [w.conn.fileno(), w.process.sentinel]
+            fds += w.fds
         if fds != self._polled:
             self._poller = select.poll()
             for fd in fds:

@@ -291,6 +291,7 @@ class Spool:
         # the task file claim() validated last, (key, bytes, record): start() reads it again and, finding the
         # same bytes, takes the record instead of checking and unpickling them twice
         self._memo: tuple[str, bytes, dict[str, Any]] | None = None
+        self._beat_names: dict[str, str] = {}  # server id -> its heartbeat's file name (validated)
 
     @property
     def local(self) -> bool:
@@ -362,14 +363,19 @@ class Spool:
             os.umask(old)
 
     def _write_json(self, dest: Path, obj: dict[str, Any]) -> None:
-        tmp = self.path / "tmp" / f"set~{secrets.token_hex(8)}~{dest.name}"
-        self._write_new(tmp, json.dumps(obj, indent=2, sort_keys=True).encode() + b"\n")
+        text = json.dumps(obj, indent=2, sort_keys=True)
+        self._write_json_as(os.fspath(dest), dest.name, text, self.durable)
+
+    def _write_json_as(self, dest: str, name: str, text: str, durable: bool) -> None:
+        """Replace the file ``dest`` (named ``name``) with ``text`` and a newline, whole or not at all."""
+        tmp_dir, tmp = self._dirs["tmp"], f"set~{os.urandom(8).hex()}~{name}"
+        self._write_in(tmp_dir, tmp, text.encode() + b"\n", durable)
         try:
-            fsio.move(tmp, dest, proof="src")  # readers see the old or the new file, never a mix
+            fsio.move(f"{tmp_dir}/{tmp}", dest, proof="src")  # readers see the old or the new file, never a mix
         except OSError as exc:
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            fsio.reraise(exc, f"cannot write {dest.name} in the spool at {self}")
+                os.unlink(f"{tmp_dir}/{tmp}")
+            fsio.reraise(exc, f"cannot write {name} in the spool at {self}")
 
     def _write_new(self, path: fsio.PathArg, data: bytes) -> None:
         """Create ``path`` (it must not exist) holding ``data``; on failure nothing is left behind.
@@ -984,11 +990,20 @@ class Spool:
     # ------------------------------------------------------------------ daemons
 
     def beat(self, server: str, info: dict[str, Any]) -> None:
-        """Write daemon ``server``'s heartbeat (its info plus the time) to ``daemons/``."""
-        validate_id(server, "server id")
-        self._write_json(
-            self.path / "daemons" / f"{encode_name(server)}.json", {**info, "server": server, "beat": self.clock()}
-        )
+        """Write daemon ``server``'s heartbeat (its info plus the time) to ``daemons/``.
+
+        The one write of an idle daemon, every few seconds: on a host whose caches go cold between
+        wake-ups, every line run here costs far more than it would warm, so the file is written compact
+        (the C encoder; ``indent`` falls back to the Python one) by the shortest path.
+        """
+        name = self._beat_names.get(server)
+        if name is None:
+            validate_id(server, "server id")
+            name = self._beat_names[server] = f"{encode_name(server)}.json"
+        obj = {**info, "server": server, "beat": self.clock()}
+        # the settings as last read (a sweep reads them again): durable or not, a heartbeat is rewritten soon
+        durable = bool(self._settings[1].get("durable")) if self._settings is not None else self.durable
+        self._write_json_as(f"{self._dirs['daemons']}/{name}", name, json.dumps(obj, separators=(",", ":")), durable)
 
     def daemons(self) -> list[dict[str, Any]]:
         """Heartbeats of the daemons that work or worked on this spool, newest first."""
