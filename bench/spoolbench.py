@@ -522,14 +522,17 @@ def daemon_idle_cpu(base: str, idle_s: float) -> dict[str, Any]:
         f0 = cpu_seconds_precise(floor.pid)
         c0, p0, t0 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
         beats, last_beat, prev, bursts = 0, _beat_mtime(path), p0, []
+        fprev, fbursts = f0, []
         while (left := t0 + idle_s - time.monotonic()) > 0:
             time.sleep(min(0.25, left))
-            now_cpu, beat = cpu_seconds_precise(pid), _beat_mtime(path)
+            now_cpu, beat, fnow = cpu_seconds_precise(pid), _beat_mtime(path), cpu_seconds_precise(floor.pid)
             if now_cpu - prev > 1e-4:
                 bursts.append(round((now_cpu - prev) * 1000, 2))
+            if fnow - fprev > 1e-4:
+                fbursts.append(round((fnow - fprev) * 1000, 2))
             if beat != last_beat:
                 beats, last_beat = beats + 1, beat
-            prev = now_cpu
+            prev, fprev = now_cpu, fnow
         c1, p1, t1 = cpu_seconds(pid), cpu_seconds_precise(pid), time.monotonic()
         f1 = cpu_seconds_precise(floor.pid)
         tree1 = _tree_cpu(pid)
@@ -540,6 +543,7 @@ def daemon_idle_cpu(base: str, idle_s: float) -> dict[str, Any]:
         out["idle_window_s"] = t1 - t0
         out["idle_heartbeats"] = beats
         out["idle_bursts_ms"] = bursts  # main-process CPU of each 0.25 s in which it ran (> 0.1 ms)
+        out["idle_heartbeat_only_bursts_ms"] = fbursts  # the same of the heartbeat-only process
     finally:
         daemon.stop()
         floor.kill()
