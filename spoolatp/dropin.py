@@ -88,6 +88,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from spoolatp import fsio
 from spoolatp.errors import QueueFull, SpoolError, StorageError, TaskExists, TaskNotFound, UnknownTaskType
 from spoolatp.format import State, validate_id, validate_priority
 from spoolatp.spool import Spool
@@ -394,7 +395,7 @@ def _ingest_hot(spool: Spool, claimed: _Claimed) -> tuple[str, str, bool]:
     type_id, task_id = claimed.hot_type or "", claimed.name
     st = os.lstat(claimed.path)
     if not stat.S_ISREG(st.st_mode):
-        raise Rejected(f"{_kind(st.st_mode)}, not a regular file; only files can go into a hot folder")
+        raise Rejected(f"{fsio.kind(st.st_mode)}, not a regular file; only files can go into a hot folder")
     _check_ids(spool, type_id, task_id)
     dest = spool.files_dir(type_id, task_id) / claimed.name
     moved = False
@@ -657,7 +658,7 @@ def _read_document(path: Path) -> tuple[bytes, float]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise Rejected(f"{_kind(st.st_mode)} is not a regular file")
+            raise Rejected(f"{fsio.kind(st.st_mode)} is not a regular file")
         if st.st_size > MAX_DOCUMENT_BYTES:
             raise Rejected(f"too large: {st.st_size} bytes; the limit is {MAX_DOCUMENT_BYTES} bytes (1 MiB)")
         chunks = []
@@ -807,7 +808,7 @@ def _hot_folder_ok(spool: Spool, folder: Path, type_id: str, report: IngestRepor
             continue  # no .ingest/ yet: made when the first file is claimed
         if stat.S_ISDIR(mode):
             continue
-        kind = "a file" if stat.S_ISREG(mode) else _kind(mode)
+        kind = "a file" if stat.S_ISREG(mode) else fsio.kind(mode)
         reason = f"{kind} in place of the hot folder of task type {type_id!r} (or its {INGEST}/); never followed"
         shown = os.path.relpath(path, drop_dir(spool))
         if _move_rejected(spool, path, shown.replace(os.sep, "~"), shown, reason, secrets.token_hex(8)):
@@ -846,18 +847,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device or special file"
 
 
 def _too_long(name: str) -> bool:

@@ -209,8 +209,12 @@ def read_file(
     file that returns less than it asked for has reached the end (Linux does not interrupt it), so no
     second read confirms that. ``skip``: given the first bytes read, how many at the start to leave out;
     those past the first read are never read (a task file's journal after a large input).
+
+    A FIFO or device planted in place of the file never blocks (``O_NONBLOCK``, which a regular file
+    ignores): it reads as empty (no writer) or as what a writer put in it, which fails the checks of a
+    damaged file, or raises :class:`BlockingIOError` naming the file (a writer holds it open, silent).
     """
-    fd = os.open(file, os.O_RDONLY if follow else os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(file, _READ if follow else _READ | os.O_NOFOLLOW)
     try:
         raw = data = os.read(fd, READ_CHUNK)
         if skip is not None:
@@ -235,6 +239,8 @@ def read_file(
             if not data:
                 return b"".join(chunks) if len(chunks) > 1 else chunks[0]
             chunks.append(data)
+    except BlockingIOError:  # only a FIFO or device says EAGAIN here: a regular file ignores O_NONBLOCK
+        raise BlockingIOError(errno.EAGAIN, "not a regular file (a FIFO?), nothing to read", os.fspath(file)) from None
     finally:
         os.close(fd)
 
@@ -242,18 +248,55 @@ def read_file(
 #: bytes asked for per read by :func:`read_file`
 READ_CHUNK = 1 << 16
 
+#: how :func:`read_file` opens: O_NONBLOCK, so that neither the open nor a read of a FIFO planted in the spool
+#: waits for a writer (Linux ignores it for regular files, local or NFS: no system call more)
+_READ = os.O_RDONLY | os.O_NONBLOCK
+
 
 def nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
+    """An ``opener`` for :func:`open`: never through a link, and never blocking on a FIFO (see :func:`read_file`)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
 
 
 def open_in(directory: PathArg, name: str, flags: int) -> int:
-    """Open ``directory/name``, following a symbolic link in neither of the two (mode 0660 if created)."""
+    """Open ``directory/name``, following a symbolic link in neither of the two (mode 0660 if created).
+
+    ``O_NONBLOCK`` is added: a FIFO planted as ``name`` opened for writing fails with ENXIO (no reader)
+    where it would wait for one, and for reading, see :func:`read_file`; a regular file ignores it.
+    """
     dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        return os.open(name, flags | os.O_NOFOLLOW, 0o660, dir_fd=dfd)
+        return os.open(name, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o660, dir_fd=dfd)
     finally:
         os.close(dfd)
+
+
+def not_regular(path: PathArg) -> str | None:
+    """What ``path`` is if it is there but no regular file (``"a FIFO"``, ...), else None: one lstat.
+
+    For the error paths, to say why a file read empty or could not be opened; the hot paths never ask (a
+    FIFO's empty read fails their checks anyway).
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else kind(mode)
+
+
+def kind(mode: int) -> str:
+    """A file type in words, for messages: ``"a FIFO"``, ``"a symbolic link"``, ..."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device or special file"
 
 
 def real_dir(path: PathArg) -> bool:

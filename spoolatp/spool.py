@@ -69,10 +69,11 @@ unpickled, and unsigned. A process that has a key refuses a spool that is
 not signed (``spool.json`` lives in the spool; it cannot lower the bar).
 
 **Links.** Nothing found in the spool is followed out of it: files are
-opened ``O_NOFOLLOW``, a task "directory" that is a symbolic link is
-quarantined (moved, never followed), the text of an ``ids/`` or ``slots/``
-link is used only after it parses as a task key, and identifiers are
-checked (:func:`validate_id`) wherever they enter.
+opened ``O_NOFOLLOW`` (and ``O_NONBLOCK``: a FIFO planted in place of a
+file is taken as a damaged file, never waited on), a task "directory" that
+is a symbolic link is quarantined (moved, never followed), the text of an
+``ids/`` or ``slots/`` link is used only after it parses as a task key, and
+identifiers are checked (:func:`validate_id`) wherever they enter.
 
 **State is where the directory is.** Every state change is one ``rename`` of
 the task directory within the spool's file system, so a reader sees a task
@@ -544,8 +545,7 @@ class Spool:
             if not entry.endswith(".json"):
                 continue
             try:
-                with open(self.path / "types" / entry, "rb", opener=fsio.nofollow) as f:
-                    data = json.load(f)
+                data = json.loads(fsio.read_file(self.path / "types" / entry))  # a FIFO there: OSError or b""
                 if not isinstance(data, dict):
                     continue
             except (OSError, ValueError):
@@ -630,8 +630,7 @@ class Spool:
         signer = self._signing_key() if self._key is not None else None
         file = self.path / "types" / f"{encode_name(name)}.json"
         try:
-            with open(file, "rb", opener=fsio.nofollow) as f:
-                data = json.load(f)
+            data = json.loads(fsio.read_file(file))  # a FIFO planted there reads as b"": not JSON, like garbage
             if signer is not None and not (
                 isinstance(data, dict)
                 and hmac.compare_digest(str(data.get("hmac")).encode(), type_mac(signer, name, data).encode())
@@ -650,6 +649,8 @@ class Spool:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UnknownTaskType(name, self) from exc
         except OSError as exc:
+            if exc.errno == errno.EAGAIN:  # a FIFO whose writer holds it open (see fsio.read_file): no type either
+                raise UnknownTaskType(name, self) from exc
             if exc.errno != errno.ELOOP:
                 raise
             self._quarantine(file, "a symbolic link, never followed")
@@ -915,16 +916,20 @@ class Spool:
         for _ in range(10):
             path, _, _, key = self._find(type_id, task_id)
             try:
-                with open(path / "response", "rb", opener=fsio.nofollow) as f:
-                    data = f.read()
+                data = fsio.read_file(path / "response")
                 break
             except FileNotFoundError:
                 if os.path.isdir(path):
                     raise ResponseNotFound(f"task {type_id!r}/{task_id!r} has stored no response") from None
                 # the task moved to its next state between finding it and opening its response: find it again
+            except BlockingIOError:  # a FIFO a writer holds open (see fsio.read_file): damaged, as an empty file is
+                data = b""
+                break
         else:
             raise TaskNotFound(type_id, task_id, self)
         try:
+            if not data and (odd := fsio.not_regular(path / "response")):  # a FIFO planted there reads as b""
+                raise CorruptTaskFile(path / "response", f"response is {odd}, not a regular file (planted?)")
             payload, meta = unseal(RESPONSE_MAGIC, data, path / "response", key=signer, bind=key)
             info = json.loads(meta or "{}")
             if not isinstance(info, dict):
@@ -1011,7 +1016,7 @@ class Spool:
         for entry in fsio.listdir(self.path / "daemons"):
             try:
                 with open(self.path / "daemons" / entry, "rb", opener=fsio.nofollow) as f:
-                    data = json.load(f)
+                    data = json.loads(f.read() or b"")  # None: a FIFO whose writer holds it open (O_NONBLOCK)
                     seen = os.fstat(f.fileno()).st_mtime  # stamped by the file server: immune to the writer's skew
             except (OSError, ValueError):
                 continue
@@ -1295,7 +1300,7 @@ class Spool:
             # started: both records in one append, the directory being in running/ already
             then = (State.RUNNING, "started") if started is not None else None
             self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim, then=then)
-        except ClaimLost:  # deleted right after our rename
+        except (ClaimLost, CorruptTaskFile):  # deleted right after our rename, or quarantined (a FIFO as journal)
             self._held.pop((server, key, attempt), None)
             return None
         if started is not None:
@@ -1588,13 +1593,16 @@ class Spool:
     @staticmethod
     def _cancel_marker(path: fsio.PathArg) -> str | None:
         try:
-            fd = os.open(f"{os.fspath(path)}/cancel", os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                data = os.read(fd, 4096)
-            finally:
-                os.close(fd)
+            # O_NONBLOCK: a FIFO planted as the marker opens at once (the daemon's loop polls this)
+            fd = os.open(f"{os.fspath(path)}/cancel", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EAGAIN: a FIFO a writer holds open; whatever a marker holds, its being there is the request
+            data = b""
+        finally:
+            os.close(fd)
         try:
             return str(json.loads(data).get("by") or "someone")
         except (ValueError, AttributeError):
@@ -1727,6 +1735,8 @@ class Spool:
             return None
         try:
             return self._settle(grave, key, reason, count=count)
+        except CorruptTaskFile:  # its journal cannot be appended to (a FIFO): quarantined
+            return None
         except ClaimLost:  # format 2: its task file cannot be written just now (a network mount): sweep_tmp finishes it
             log.warning(
                 "task %s set aside in %s: its record could not be written; the sweep of tmp/ finishes it", key, grave
@@ -1848,6 +1858,8 @@ class Spool:
                 if kind in ("reap", "cancel", "rerun") and fsio.real_dir(path):
                     try:
                         self._settle(path, key, "recovered after a crash during re-enqueue", count=False)
+                    except CorruptTaskFile:  # its journal file is a FIFO: quarantined
+                        pass
                     except ClaimLost:  # no task file to record it in (format 2), minutes after it was set aside
                         names = fsio.names_or_none(path)
                         if names is None or "task" in names:
@@ -1901,6 +1913,8 @@ class Spool:
             data = fsio.read_settled(file, local=self._local)
             if read is not None:
                 read.append(data)
+            if not data and (odd := fsio.not_regular(file)):  # a FIFO planted there reads as b"" (fsio.read_file)
+                raise CorruptTaskFile(file, f"task is {odd}, not a regular file (planted?)")
             # format 2: the journal lines that follow are not the record's; cut in format 1 too, where nothing
             # follows, but a task an interrupted `spoolatp upgrade` converted must not look truncated
             with contextlib.suppress(ValueError):  # unseal says what is wrong with the header
@@ -2023,6 +2037,8 @@ class Spool:
                     continue
                 if exc.errno in (errno.ENOENT, errno.ESTALE):
                     raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
+                if exc.errno == errno.ENXIO:  # O_NONBLOCK (fsio.open_in): a FIFO with no reader, or a device
+                    raise self._unwritable(path, name, claim) from None
                 fsio.reraise(exc, f"cannot record a change of task {_name(path)} in the spool at {self}")
         try:
             written = os.write(fd, line)
@@ -2036,9 +2052,25 @@ class Spool:
             if self.durable:
                 os.fsync(fd)
         except OSError as exc:
+            if exc.errno == errno.EAGAIN:  # a full FIFO, which someone holds open for reading: a file never says so
+                raise self._unwritable(path, name, claim) from None
             fsio.reraise(exc, f"cannot record a change of task {_name(path)} in the spool at {self}")
         finally:
             os.close(fd)
+
+    def _unwritable(self, path: fsio.PathArg, name: str, claim: Claim | None) -> CorruptTaskFile:
+        """Quarantine task directory ``path``, whose journal file ``name`` is no file to append to; the error to raise.
+
+        Only a FIFO (or a device) planted in its place can be (ENXIO: no reader; EAGAIN: full): nothing could
+        record the task's changes, and what is read from it later is empty or the planter's. ``claim``: its
+        holder's; None for a task fenced in tmp/ (``<kind>~<token>~<KEY>``).
+        """
+        file = f"{os.fspath(path)}/{name}"
+        err = CorruptTaskFile(
+            file, f"{name} is {fsio.not_regular(file) or 'a special file'}, not a regular file (planted?)"
+        )
+        self._quarantine(path, err.reason, claim.key if claim is not None else _name(path).split("~", 2)[-1])
+        return err
 
     def _hold(self, claim: Claim, path: str, state: State, size: int) -> None:
         """Remember a claim this process holds, at ``path`` with a journal of ``size`` bytes (see _claim_path)."""
@@ -2101,6 +2133,8 @@ class Spool:
         name = self.journal_file
         for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
             try:
+                # a FIFO planted there reads as empty (fsio.read_file), as a task file whose header does not parse:
+                # no journal to show; whoever next reads the record or appends quarantines the task
                 if name == "journal":
                     return fsio.read_file(f"{path}/journal", local=self._local)
                 return fsio.read_file(f"{path}/task", local=self._local, skip=_journal_start)

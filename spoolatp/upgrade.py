@@ -211,7 +211,7 @@ def _convert(directory: str, *, durable: bool, local: bool) -> bool:
         except FileNotFoundError:
             return False  # never claimed: a task file alone is the same in both formats
         if not stat.S_ISREG(st.st_mode):
-            raise _Skip("its journal is not a file (a symbolic link or a directory)")
+            raise _Skip(f"its journal is not a file but {fsio.kind(st.st_mode)}")
         sealed, old = _sealed(task_path, local)
         journal = _read(journal_path, local, "journal")
         with contextlib.suppress(FileNotFoundError):
@@ -242,6 +242,8 @@ def _sealed(task_path: str, local: bool) -> tuple[bytes, os.stat_result]:
     """The sealed part of a task file (header line and payload, no journal lines) and the file's status."""
     data = _read(task_path, local, "task file")
     old = os.lstat(task_path)
+    if not stat.S_ISREG(old.st_mode):  # a FIFO planted there, read as empty (fsio.read_file)
+        raise _Skip(f"its task file is not a file but {fsio.kind(old.st_mode)}; {_LEFT}")
     header_end = data.find(b"\n") + 1
     if not data.startswith(TASK_MAGIC + b" ") or header_end == 0:
         raise _Skip(f"its task file has no SPOOLATP-TASK header line; {_LEFT}")
@@ -255,7 +257,7 @@ def _sealed(task_path: str, local: bool) -> tuple[bytes, os.stat_result]:
 
 
 def _read(path: str, local: bool, what: str) -> bytes:
-    """The bytes of ``path``; :raises _Skip: it is missing, a link or a directory; :raises OSError: else."""
+    """The bytes of ``path``; :raises _Skip: missing, a link, a directory or a busy FIFO; :raises OSError: else."""
     try:
         return fsio.read_file(path, local=local)  # O_NOFOLLOW: a link planted here is not read through
     except FileNotFoundError:
@@ -265,6 +267,8 @@ def _read(path: str, local: bool, what: str) -> bytes:
             raise _Skip(f"its {what} is a symbolic link (not followed); {_LEFT}") from None
         if exc.errno == errno.EISDIR:
             raise _Skip(f"its {what} is a directory; {_LEFT}") from None
+        if exc.errno == errno.EAGAIN:  # a FIFO a writer holds open (fsio.read_file): no rerun would convert it
+            raise _Skip(f"its {what} is not a file (a FIFO?); {_LEFT}") from None
         raise  # not readable by this user, an I/O error: nothing is skipped that a rerun could convert
 
 

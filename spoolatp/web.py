@@ -68,6 +68,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the installation
     raise ImportError(f"the web dashboard needs the 'web' extra: pip install 'spoolatp[web]' ({exc})") from exc
 
+from spoolatp import fsio
 from spoolatp.errors import CorruptTaskFile, ResponseNotFound, SpoolError, TaskNotFound
 from spoolatp.format import RESPONSE_MAGIC, TASK_MAGIC, LogRecord, State, journal_offset, key_time, parse_key, unseal
 from spoolatp.spool import Spool
@@ -337,12 +338,13 @@ def read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """
     file = path / "task"
     try:
-        with open(file, "rb", opener=_nofollow) as f:
-            data = f.read()
+        data = fsio.read_file(file)  # never through a link, never waiting on a FIFO planted there
     except FileNotFoundError:
         raise
     except OSError as exc:
         return None, f"task file unreadable: {exc}"
+    if not data and (odd := fsio.not_regular(file)):  # a FIFO reads as b""
+        return None, f"task file damaged: task is {odd}, not a regular file (planted?)"
     with contextlib.suppress(ValueError):  # format 2: the journal lines after the record; unseal judges the header
         data = data[: journal_offset(data)]
     try:
@@ -371,7 +373,7 @@ def read_response(path: Path) -> ResponseView | None:
     """The response in task directory ``path``: its header always, its text when it is small text."""
     file = path / "response"
     try:
-        with open(file, "rb", opener=_nofollow) as f:
+        with open(file, "rb", opener=fsio.nofollow) as f:  # never through a link, never waiting on a FIFO
             head = f.readline(4096)
             parts = head.rstrip(b"\n").split(b" ", 4)
             try:
@@ -388,6 +390,8 @@ def read_response(path: Path) -> ResponseView | None:
             data = f.read(len(head) + size + 1)
     except FileNotFoundError:
         return None
+    except OSError as exc:  # a link, or a FIFO (no seek) planted there
+        return ResponseView("application/octet-stream", 0, None, f"the response file is unreadable: {exc}")
     try:
         payload, _ = unseal(RESPONSE_MAGIC, data, file)
     except CorruptTaskFile as exc:
@@ -903,7 +907,3 @@ def _names(path: Path) -> list[str]:
         return [n for n in os.listdir(path) if n[:1] != "."]
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-def _nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)

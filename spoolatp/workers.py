@@ -487,4 +487,6 @@ def _after_failure(spool: Spool, claim: Claim, detail: str, delay: float | None,
         spool.fail(claim, detail)
     except ClaimLost as lost:
         return "lost", str(lost)
+    except CorruptTaskFile as exc:  # its journal could not take the failure (a FIFO planted there): quarantined
+        return "corrupt", str(exc)
     return State.FAILED.name, ""

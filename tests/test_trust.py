@@ -12,6 +12,9 @@ The claims under test:
   name or link found inside it.
 - Sizes are limited before anything is written; a full or read-only file
   system gives a clear error and leaves no half-visible task.
+- A FIFO planted where a file belongs (task file, journal, cancel marker,
+  response, type file, heartbeat) blocks no reader, writer, command or
+  daemon: it is taken as a damaged file, and its task quarantined.
 - Fuzzed task files and drop-in documents raise only the documented errors.
 
 Everything runs on real files; the full and read-only file systems are real
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import multiprocessing
 import os
 import pickle
 import secrets
@@ -33,7 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -659,6 +664,263 @@ def test_a_link_planted_in_files_keeps_a_hot_folder_file_inside_the_spool(unsign
     report = dropin.ingest(unsigned)
     assert report.enqueued == [] and os.listdir(elsewhere) == []
     assert list(unsigned.tasks()) == [] and len(dropin.pending(unsigned)) == 1  # kept for a later ingest
+
+
+# --------------------------------------------------------------------------- FIFOs
+
+#: how a planted FIFO is met: nobody holds it open (a read finds it empty), or a writer holds it open and
+#: sends nothing (a read finds nothing yet); either way an open for writing finds no reader
+WRITERS = ["no writer", "a silent writer"]
+
+
+@pytest.fixture
+def held() -> Iterator[list[int]]:
+    """Descriptors a test holds open (a FIFO's silent writer); closed at its end."""
+    fds: list[int] = []
+    yield fds
+    for fd in fds:
+        os.close(fd)
+
+
+def plant_fifo(path: Path, writer: str, held: list[int]) -> None:
+    """Put a FIFO at ``path`` in place of what is there; with a silent writer, hold it open for writing in ``held``."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    os.mkfifo(path)
+    if writer == "a silent writer":
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # an open for writing needs a reader at that moment
+        held.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        os.close(reader)
+
+
+def without_blocking(check: Callable[[], None], timeout: float = 30) -> None:
+    """Run ``check`` in a forked child; fail with its traceback, or as blocked if it still runs after ``timeout`` s.
+
+    A thread stuck in the open or the read of a FIFO cannot be stopped; a child process can be killed, so a
+    regression fails the test instead of hanging the suite.
+    """
+    ctx = multiprocessing.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            check()
+        except BaseException:
+            send.send(traceback.format_exc())
+        else:
+            send.send(None)
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    try:
+        if not receive.poll(timeout):
+            pytest.fail(f"still running after {timeout:g} s: blocked (on a FIFO)", pytrace=False)
+        trouble = receive.recv()
+    finally:
+        proc.kill()
+        proc.join()
+        receive.close()
+        send.close()
+    if trouble:
+        pytest.fail(trouble, pytrace=False)
+
+
+def task_dir(spool: Spool, claim: Claim, place: str) -> Path:
+    if place in ("scheduled", "running"):
+        return spool.path / place / SERVER / claim.key
+    return spool.path / place / claim.key
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("place", ["running", "finished"])
+def test_a_fifo_as_the_task_file_of_a_held_or_ended_task_blocks_no_spool_call(
+    tmp_path: Path, place: str, writer: str, held: list[int]
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.register_type("T", "sequence_sum")
+    spool.register_type("Due", "sequence_sum", timeout=0.001, timeret=0.001)  # past its timeout or retention
+    for type_id, task_id in (("T", "looked-at"), ("T", "deleted"), ("Due", "swept"), ("T", "fenced")):
+        spool.enqueue(type_id, task_id, [1])
+    claims = {c.task_id: c for c in spool.claim(SERVER, limit=4)}
+    for claim in claims.values():
+        spool.start(claim)
+        if place == "finished":
+            spool.store_response(claim, "done", "text/plain")
+            spool.finish(claim)
+    fenced = spool.path / "tmp" / f"reap~dead~{claims['fenced'].key}"  # a reaper died after its fencing rename
+    os.rename(task_dir(spool, claims["fenced"], place), fenced)
+    for claim in claims.values():
+        plant_fifo((fenced if claim.task_id == "fenced" else task_dir(spool, claim, place)) / "task", writer, held)
+    state = State[place.upper()]
+    time.sleep(0.01)
+
+    def check() -> None:
+        assert spool.status("T", "looked-at") is state
+        assert spool.info("T", "looked-at").state is state  # its journal reads as none
+        assert {t.task_id for t in spool.tasks(state)} == {"looked-at", "deleted", "swept"}
+        if state is State.FINISHED:
+            assert spool.response("T", "looked-at") == ("done", "text/plain")
+        with pytest.raises(CorruptTaskFile, match="FIFO"):
+            spool.log("T", "looked-at")  # a reader of its record quarantines it
+        spool.delete("T", "deleted")
+        assert spool.reenqueue_zombies() == []  # "swept", held past its timeout, is taken back and set aside
+        assert spool.delete_retired() == ([("Due", "swept")] if state is State.FINISHED else [])
+        spool.sweep_tmp(grace=0)  # "fenced" too
+        assert list(spool.tasks()) == []
+
+    without_blocking(check)
+    reasons = quarantined(spool)
+    taken = {"looked-at", "fenced"} | ({"swept"} if place == "running" else set())  # taken back, then set aside
+    assert {e.split("~")[2] for e in reasons} == taken
+    assert all("task is a FIFO, not a regular file" in r or "(a FIFO?)" in r for r in reasons.values()), reasons
+    assert os.listdir(spool.path / "tmp") == [] and os.listdir(spool.path / "ids") == []
+
+
+@pytest.mark.parametrize("place", ["running", "finished"])
+def test_a_fifo_as_a_task_file_blocks_no_command(unsigned: Spool, place: str) -> None:
+    unsigned.enqueue("T", "fifo", [1])
+    (claim,) = unsigned.claim(SERVER)
+    unsigned.start(claim)
+    if place == "finished":
+        unsigned.finish(claim)
+    os.mkfifo(task_dir(unsigned, claim, place) / "task.new")
+    os.rename(task_dir(unsigned, claim, place) / "task.new", task_dir(unsigned, claim, place) / "task")
+    # subprocess.run's timeout: a command that blocks fails the test, and is killed
+    status = cli(unsigned.path, "status", "T", "fifo", "--json", timeout=30)
+    assert status.returncode == 0 and json.loads(status.stdout)["state"] == place.upper(), status.stderr
+    listed = cli(unsigned.path, "list", "--json", timeout=30)
+    assert listed.returncode == 0 and "fifo" in listed.stdout, listed.stderr
+    for args in (["stats", "--json"], ["sweep"]):
+        assert cli(unsigned.path, *args, timeout=30).returncode == 0
+    log = cli(unsigned.path, "log", "T", "fifo", timeout=30)
+    assert log.returncode == 1 and "task is a FIFO, not a regular file" in log.stderr and "Traceback" not in log.stderr
+    assert cli(unsigned.path, "status", "T", "fifo", timeout=30).returncode != 0  # quarantined by the log's read
+    ((entry, reason),) = quarantined(unsigned).items()
+    assert entry.startswith(claim.key) and "a FIFO" in reason
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_fifo_planted_as_a_format_1_journal_quarantines_its_task_at_its_claim(
+    unsigned: Spool, writer: str, held: list[int]
+) -> None:
+    settings_ = json.loads((unsigned.path / "spool.json").read_text())
+    (unsigned.path / "spool.json").write_text(json.dumps({**settings_, "format": 1}))
+    spool = Spool(unsigned.path)
+    for task_id in ("before", "fifo", "after"):
+        spool.enqueue("T", task_id, [1])
+    plant_fifo(spool.path / "enqueued" / spool.info("T", "fifo").key / "journal", writer, held)
+
+    def check() -> None:
+        assert sorted(c.task_id for c in spool.claim(SERVER, limit=3)) == ["after", "before"]
+        with pytest.raises(TaskNotFound):
+            spool.status("T", "fifo")
+
+    without_blocking(check)
+    ((reason,),) = [list(quarantined(spool).values())]
+    assert "journal is a FIFO, not a regular file" in reason
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_fifo_planted_as_a_cancel_marker_is_a_request_and_blocks_nothing(
+    unsigned: Spool, writer: str, held: list[int]
+) -> None:
+    unsigned.enqueue("T", "x", [1])
+    (claim,) = unsigned.claim(SERVER)
+    unsigned.start(claim)
+    plant_fifo(task_dir(unsigned, claim, "running") / "cancel", writer, held)
+
+    def check() -> None:
+        # whatever a marker holds, its being there is the request (whoever can plant one can cancel anyway)
+        assert unsigned.cancel_requested(claim) == "someone"
+        assert unsigned.info("T", "x").cancel_requested == "someone"
+        assert unsigned.cancel("T", "x") is State.RUNNING  # asked already
+        unsigned.fail(claim, "cancelled")
+
+    without_blocking(check)
+    assert unsigned.status("T", "x") is State.FAILED
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_fifo_planted_as_a_response_is_quarantined_not_waited_on(
+    unsigned: Spool, writer: str, held: list[int]
+) -> None:
+    unsigned.enqueue("T", "x", [1])
+    (claim,) = unsigned.claim(SERVER)
+    unsigned.start(claim)
+    unsigned.store_response(claim, "done", "text/plain")
+    unsigned.finish(claim)
+    plant_fifo(task_dir(unsigned, claim, "finished") / "response", writer, held)
+
+    def check() -> None:
+        with pytest.raises(CorruptTaskFile, match="response is a FIFO, not a regular file"):
+            unsigned.response("T", "x")
+        assert unsigned.status("T", "x") is State.FINISHED  # the task itself stays
+
+    without_blocking(check)
+    ((entry, reason),) = quarantined(unsigned).items()
+    assert "response is a FIFO" in reason
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_fifos_in_types_and_daemons_block_neither_types_nor_daemons(
+    unsigned: Spool, writer: str, held: list[int]
+) -> None:
+    unsigned.beat("alive", {"state": "running"})
+    plant_fifo(unsigned.path / "types" / "Planted.json", writer, held)
+    plant_fifo(unsigned.path / "daemons" / "planted.json", writer, held)
+
+    def check() -> None:
+        assert [t.name for t in unsigned.types()] == ["T"]
+        with pytest.raises(UnknownTaskType):
+            unsigned.get_type("Planted")  # as a type file holding garbage
+        assert [d["server"] for d in unsigned.daemons()] == ["alive"]
+
+    without_blocking(check)
+    types = cli(unsigned.path, "types", "--json", timeout=30)
+    assert types.returncode == 0 and [t["name"] for t in json.loads(types.stdout)["types"]] == ["T"], types.stderr
+    stats = cli(unsigned.path, "stats", "--json", timeout=30)
+    assert stats.returncode == 0, stats.stderr
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_planted_as_a_task_file_is_quarantined_by_a_running_daemon_and_the_others_finish(
+    unsigned: Spool, tmp_path: Path, held: list[int]
+) -> None:
+    for task_id in ("good-0", "fifo", "good-1", "good-2"):
+        unsigned.enqueue("T", task_id, [1, 2])
+    key = unsigned.info("T", "fifo").key
+    plant_fifo(unsigned.path / "enqueued" / key / "task", "no writer", held)
+    plant_fifo(unsigned.path / "types" / "Planted.json", "no writer", held)  # met by every sweep
+    plant_fifo(unsigned.path / "daemons" / "planted.json", "no writer", held)
+    log = tmp_path / "daemon.log"
+    cmd = [sys.executable, "-m", "spoolatp", "--spool", str(unsigned.path), "daemon", "--workers", "1"]
+    cmd += ["--server-id", "fifo-d", "--sweep-interval", "0.2", "--heartbeat", "0.2", "--poll", "0.1"]
+    with open(log, "wb") as out:  # a session of its own: a worker stuck on a FIFO is killed with it
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    beat_file = unsigned.path / "daemons" / "fifo-d.json"
+
+    def done() -> bool:  # nothing here opens a FIFO: status() and quarantined() read names and .reason files
+        finished = all(unsigned.status("T", f"good-{n}") is State.FINISHED for n in range(3))
+        return finished and bool(quarantined(unsigned))
+
+    try:
+        deadline = time.monotonic() + 60
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert done(), log.read_text()
+        first = json.loads(beat_file.read_text())["beat"]
+        while json.loads(beat_file.read_text())["beat"] < first + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)  # its main loop, sweeps and all, goes on
+        assert json.loads(beat_file.read_text())["beat"] >= first + 1, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    ((entry, reason),) = quarantined(unsigned).items()
+    assert entry.startswith(key) and "task is a FIFO, not a regular file" in reason
+    assert "Traceback" not in log.read_text()
 
 
 # --------------------------------------------------------------------------- permissions

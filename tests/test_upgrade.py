@@ -416,6 +416,22 @@ def test_a_symlinked_journal_or_task_file_is_not_read_through(path: Path, tmp_pa
     assert (run / "journal").read_bytes() == RUNNING
 
 
+def test_a_fifo_planted_as_a_journal_or_task_file_is_skipped_not_waited_on(path: Path) -> None:
+    done, run = task_dirs(path)["done"], task_dirs(path)["run"]
+    (done / "journal").unlink()
+    os.mkfifo(done / "journal")  # an open to read it would wait for a writer
+    (run / "task").unlink()
+    os.mkfifo(run / "task")
+
+    proc = run_cli(path, "--json")  # a subprocess with a timeout: one that blocks fails the test
+
+    assert proc.returncode == 0, proc.stderr
+    reasons = {s["path"]: s["reason"] for s in json.loads(proc.stdout)["skipped"]}
+    assert set(reasons) == {f"finished/{done.name}", f"running/s1/{run.name}"}
+    assert all("not a file but a FIFO" in reason for reason in reasons.values()), reasons
+    assert settings_of(path)["format"] == SPOOL_FORMAT
+
+
 # --------------------------------------------------------------------------- output
 
 

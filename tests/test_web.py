@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -650,11 +651,44 @@ def test_delayed_tasks_are_counted_listed_and_shown_but_the_oldest_waiting_is_on
     assert card is not None and "Later/due" in card.group(0), card
 
 
+@contextlib.contextmanager
+def open_detectors(fifos: list[Path]) -> Iterator[list[str]]:
+    """A thread per FIFO, waiting in an open for writing: it returns as soon as anyone opens the FIFO to read.
+
+    Yields the names of the task directories whose FIFO was opened so far; on leaving, each FIFO still waited
+    on is opened here, so that every thread ends.
+    """
+    opened: list[str] = []
+
+    def wait_for_a_reader(fifo: Path) -> None:
+        os.close(os.open(fifo, os.O_WRONLY))  # a reader's open ends the wait, O_NONBLOCK (as spoolatp opens) or not
+        opened.append(fifo.parent.name)
+
+    threads = [threading.Thread(target=wait_for_a_reader, args=(fifo,)) for fifo in fifos]
+    for thread in threads:
+        thread.start()
+    try:
+        yield opened
+    finally:
+        for fifo, thread in zip(fifos, threads, strict=True):
+            if thread.is_alive():
+                fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+                thread.join(10)
+                os.close(fd)
+
+
 def test_large_spool_pages_open_no_journal_of_a_task_they_do_not_show(tmp_path: Path) -> None:
-    """With 100,000 tasks: every journal not on the page is a FIFO, which would block whoever opened it."""
+    """With 100,000 tasks: every journal not on the page is a FIFO, and a few of them tell when they are opened.
+
+    A FIFO reads as empty, never blocking (spoolatp opens it O_NONBLOCK), so a page that opened it would not
+    hang; a thread waiting to write to it sees the open, though. Those watched are the tasks next to the page
+    and the oldest ones, where a page that read a row too many, or every task, would look first.
+    """
     spool = Spool(tmp_path / "spool")
     spool.register_type("Bulk", "testing.echo")
     stamp, shown, old = time.time_ns() - 10**12, 50, time.time() - 7200
+    watched = [*range(5), BULK // 2, *range(BULK - shown - 5, BULK - shown)]
+    fifos = []
     for n in range(BULK):
         path = spool.path / "finished" / make_key("Bulk", f"t{n:06d}", stamp + n * 1000)
         os.mkdir(path)
@@ -662,9 +696,11 @@ def test_large_spool_pages_open_no_journal_of_a_task_they_do_not_show(tmp_path: 
             line = json.dumps({"t": time.time(), "s": 5, "m": "finished", "srv": "bulk", "att": 1}) + "\n"
             (path / "task").write_bytes(seal(TASK_MAGIC, b"record") + line.encode())
         else:
-            os.mkfifo(path / "task")  # opening it for reading blocks until a writer comes
+            os.mkfifo(path / "task")
             os.utime(path / "task", (old, old))  # ended two hours ago: outside the throughput chart
-    with web_server(spool.path, tmp_path / "web.log") as base:
+            if n in watched:
+                fifos.append(path / "task")
+    with open_detectors(fifos) as opened, web_server(spool.path, tmp_path / "web.log") as base:
         took = {}
         for url in ("/", "/", "/tasks", "/tasks?state=FINISHED", "/tasks?type=Bulk", f"/tasks?q=t{BULK - 1:06d}"):
             start = time.monotonic()
@@ -678,4 +714,6 @@ def test_large_spool_pages_open_no_journal_of_a_task_they_do_not_show(tmp_path: 
             else:
                 assert f'data-count="FINISHED">{BULK}<' in reply.text
                 assert 'id="finished-hour">50<' in reply.text  # only the 50 real journals are recent
+        time.sleep(0.5)  # a thread whose FIFO was opened has said so by now
+        assert opened == [], f"pages opened the task files of tasks they do not show: {opened}"
     print(f"seconds per request with {BULK} tasks: {took}")
