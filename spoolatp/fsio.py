@@ -216,6 +216,17 @@ def read_file(
     """
     fd = os.open(file, _READ if follow else _READ | os.O_NOFOLLOW)
     try:
+        return read_open(fd, file, local=local, skip=skip)
+    finally:
+        os.close(fd)
+
+
+def read_open(fd: int, file: PathArg, *, local: bool = False, skip: Callable[[bytes], int] | None = None) -> bytes:
+    """:func:`read_file` of a descriptor opened already (at offset 0; ``O_NONBLOCK`` for a FIFO not to block).
+
+    ``file``: its name, for the error a FIFO raises. The descriptor stays open.
+    """
+    try:
         raw = data = os.read(fd, READ_CHUNK)
         if skip is not None:
             while not local and 0 < len(raw) < READ_CHUNK:  # a short read need not be the end here
@@ -241,8 +252,6 @@ def read_file(
             chunks.append(data)
     except BlockingIOError:  # only a FIFO or device says EAGAIN here: a regular file ignores O_NONBLOCK
         raise BlockingIOError(errno.EAGAIN, "not a regular file (a FIFO?), nothing to read", os.fspath(file)) from None
-    finally:
-        os.close(fd)
 
 
 #: bytes asked for per read by :func:`read_file`

@@ -1250,23 +1250,48 @@ class Spool:
         self, path: str, server: str, key: str, message: str, ids: tuple[str, str], *, start: bool = False
     ) -> tuple[Claim, StartedTask | None] | None:
         """Record the claim of the task just renamed to ``path``; with ``start`` (into running/), its start too."""
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:  # deleted right after our rename
-            return None
-        if not stat.S_ISDIR(mode):  # a planted file or symlink: never follow it
-            self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
-            return None
         inline = self.journal_file == "task"
+        fd = None
+        if inline and self._local:
+            # one descriptor for the read and the append (three system calls fewer); opening the directory
+            # O_DIRECTORY|O_NOFOLLOW refuses what the lstat below refuses (a planted file or link)
+            with contextlib.suppress(OSError):  # gone, planted or unreadable: the careful way below judges
+                fd = fsio.open_in(path, "task", os.O_RDWR | os.O_APPEND)
+        try:
+            return self._record_claim(path, server, key, message, ids, start, inline, fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+    def _record_claim(
+        self,
+        path: str,
+        server: str,
+        key: str,
+        message: str,
+        ids: tuple[str, str],
+        start: bool,
+        inline: bool,
+        fd: int | None,
+    ) -> tuple[Claim, StartedTask | None] | None:
+        """:meth:`_claimed`, through ``fd`` (its task file, opened read-write) if it is not None."""
+        if fd is None:
+            try:
+                mode = os.lstat(path).st_mode
+            except FileNotFoundError:  # deleted right after our rename
+                return None
+            if not stat.S_ISDIR(mode):  # a planted file or symlink: never follow it
+                self._quarantine(path, "not a task directory (plain file or symlink in a state directory)")
+                return None
         if not inline:
             # an unreadable journal must not count as no attempt (an attempt number used twice would let one
             # holder take another's terminal record for its own): the OSError makes claim() give the task back
             journal = self._journal_data(path, settle=True, strict=True)
         read: list[bytes] = []  # format 2: the task file as read, record and journal in one read
         try:
-            # the lstat above, after our rename, checked it is a directory
+            # after our rename, the lstat above (or opening fd, O_DIRECTORY|O_NOFOLLOW) checked it is a directory;
             # remembered for start(), unless this claim starts the task itself and start() never reads it
-            record = self._read_record(path, key, is_dir=True, remember=not start, read=read)
+            record = self._read_record(path, key, is_dir=True, remember=not start, read=read, fd=fd)
         except CorruptTaskFile:
             return None
         except OSError:
@@ -1299,7 +1324,7 @@ class Spool:
         try:
             # started: both records in one append, the directory being in running/ already
             then = (State.RUNNING, "started") if started is not None else None
-            self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim, then=then)
+            self._append(path, State.SCHEDULED, message or f"scheduled on {server}", claim, then=then, fd=fd)
         except (ClaimLost, CorruptTaskFile):  # deleted right after our rename, or quarantined (a FIFO as journal)
             self._held.pop((server, key, attempt), None)
             return None
@@ -1590,11 +1615,15 @@ class Spool:
                 return who
         return None
 
-    @staticmethod
-    def _cancel_marker(path: fsio.PathArg) -> str | None:
+    def _cancel_marker(self, path: fsio.PathArg) -> str | None:
+        marker = f"{os.fspath(path)}/cancel"
+        # the usual answer, "none", without raising ENOENT; a network mount's lookup may answer from a cache,
+        # so there open() asks (close-to-open consistency)
+        if self._local and not os.access(marker, os.F_OK, follow_symlinks=False):
+            return None
         try:
             # O_NONBLOCK: a FIFO planted as the marker opens at once (the daemon's loop polls this)
-            fd = os.open(f"{os.fspath(path)}/cancel", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
         try:
@@ -1892,6 +1921,7 @@ class Spool:
         is_dir: bool = False,
         remember: bool = False,
         read: list[bytes] | None = None,
+        fd: int | None = None,
     ) -> dict[str, Any]:
         """The enqueue record of task directory ``path``; unpickled only after its checksum or signature matched.
 
@@ -1899,7 +1929,8 @@ class Spool:
         ``remember``: keep the bytes and the record for the next call (claim() for start()), which returns the
         same record, unchecked, if it reads the same bytes for the same key; any other call forgets them.
         ``read``: the bytes of the task file are appended to it once read (format 2: the journal follows
-        the record), whether the record is then valid or not.
+        the record), whether the record is then valid or not. ``fd``: the task file, opened by the caller
+        (at offset 0, ``O_NONBLOCK``), read instead of opening it.
 
         :raises CorruptTaskFile: (the task is quarantined unless ``quarantine`` is False)
         :raises SigningKeyError: raised before anything is read, and quarantines nothing.
@@ -1910,7 +1941,7 @@ class Spool:
         try:
             if not is_dir and not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise CorruptTaskFile(path, "not a task directory (plain file or symlink in a state directory)")
-            data = fsio.read_settled(file, local=self._local)
+            data = fsio.read_settled(file, local=self._local) if fd is None else fsio.read_open(fd, file, local=True)
             if read is not None:
                 read.append(data)
             if not data and (odd := fsio.not_regular(file)):  # a FIFO planted there reads as b"" (fsio.read_file)
@@ -1949,6 +1980,8 @@ class Spool:
                 if seen < FALSE_MISSING_LIMIT:
                     raise FileNotFoundError(errno.ENOENT, FALSE_MISSING, file) from None
                 exc = CorruptTaskFile(file, f"{FALSE_MISSING}, {seen + 1} times: the mount may be failing")
+            if isinstance(exc, BlockingIOError) and (odd := fsio.not_regular(file)):  # a FIFO with a writer (or us)
+                exc = CorruptTaskFile(file, f"task is {odd}, not a regular file (planted?)")
             err = exc if isinstance(exc, CorruptTaskFile) else CorruptTaskFile(file, str(exc))
             if quarantine:
                 self._quarantine(path, err.reason)
@@ -1979,9 +2012,11 @@ class Spool:
         restart: int | None = None,
         retry: int | None = None,
         then: tuple[State, str] | None = None,
+        fd: int | None = None,
     ) -> None:
         """Append one record to the journal of the task directory ``path``; ``then``: a second (state, message)
-        record of the same claim in the same write (claim_and_start)."""
+        record of the same claim in the same write (claim_and_start); ``fd``: the journal file, opened by the
+        caller ``O_APPEND`` (and left open), written instead of opening it."""
         now = self.clock()
         code = int(state) if state else None
         # _records_with relies on this form: compact separators, members t, s, m first
@@ -2021,25 +2056,10 @@ class Spool:
             if claim is not None:
                 entry["srv"], entry["att"] = claim.server, claim.attempt
             line += _JOURNAL_LINE.encode(entry).encode() + b"\n"
-        # format 2 appends to the task file, written whole before the task was published: never created here
         name = self.journal_file
-        flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if name == "journal" else 0)
-        for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
-            try:
-                # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
-                # directory is opened O_NOFOLLOW, so a link in its place is never written through
-                fd = fsio.open_in(path, name, flags)
-                break
-            except NotADirectoryError:
-                raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
-            except OSError as exc:
-                if fsio.settling(exc, path, attempt):  # GlusterFS, just after a rename
-                    continue
-                if exc.errno in (errno.ENOENT, errno.ESTALE):
-                    raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
-                if exc.errno == errno.ENXIO:  # O_NONBLOCK (fsio.open_in): a FIFO with no reader, or a device
-                    raise self._unwritable(path, name, claim) from None
-                fsio.reraise(exc, f"cannot record a change of task {_name(path)} in the spool at {self}")
+        owned = fd is None
+        if fd is None:
+            fd = self._open_journal(path, name, claim)
         try:
             written = os.write(fd, line)
             if written < len(line):  # the file system filled up within the line
@@ -2056,7 +2076,32 @@ class Spool:
                 raise self._unwritable(path, name, claim) from None
             fsio.reraise(exc, f"cannot record a change of task {_name(path)} in the spool at {self}")
         finally:
-            os.close(fd)
+            if owned:
+                os.close(fd)
+
+    def _open_journal(self, path: fsio.PathArg, name: str, claim: Claim | None) -> int:
+        """Open the journal file ``name`` of task directory ``path`` to append to it.
+
+        :raises ClaimLost: the directory is gone (a reaper moved it).
+        """
+        # format 2 appends to the task file, written whole before the task was published: never created here
+        flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if name == "journal" else 0)
+        for attempt in itertools.count():  # fsio.settling bounds it; it may say "again" on its last try
+            try:
+                # O_APPEND through the task directory's current path: ENOENT once a reaper moved it; the
+                # directory is opened O_NOFOLLOW, so a link in its place is never written through
+                return fsio.open_in(path, name, flags)
+            except NotADirectoryError:
+                raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
+            except OSError as exc:
+                if fsio.settling(exc, path, attempt):  # GlusterFS, just after a rename
+                    continue
+                if exc.errno in (errno.ENOENT, errno.ESTALE):
+                    raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
+                if exc.errno == errno.ENXIO:  # O_NONBLOCK (fsio.open_in): a FIFO with no reader, or a device
+                    raise self._unwritable(path, name, claim) from None
+                fsio.reraise(exc, f"cannot record a change of task {_name(path)} in the spool at {self}")
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _unwritable(self, path: fsio.PathArg, name: str, claim: Claim | None) -> CorruptTaskFile:
         """Quarantine task directory ``path``, whose journal file ``name`` is no file to append to; the error to raise.
