@@ -348,8 +348,8 @@ def section_daemon(rep: Report, fs: str, base: str, c: Counts, durable: bool, rq
             huey_name = f"SqliteHuey{' fsync' if durable else ''} consumer"
             rep.add(fs, sec, one, onefile[w]["rate"], "tasks/s", huey_name, huey["sqlite"][w])
         if w == 2 and verbose:
-            label = "  the same with --log-level DEBUG (a line per task)"
-            rep.add(fs, sec, label, verbose["rate"], "tasks/s", "with INFO (default)", rate)
+            debug = "  the same with --log-level DEBUG (a line per task)"
+            rep.add(fs, sec, debug, verbose["rate"], "tasks/s", "with INFO (default)", rate)
         if rq and f"e2e_{w}" in rq and rq[f"e2e_{w}"]["rate"]:
             rep.add(
                 fs,
