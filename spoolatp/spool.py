@@ -998,8 +998,8 @@ class Spool:
         """Write daemon ``server``'s heartbeat (its info plus the time) to ``daemons/``.
 
         The one write of an idle daemon, every few seconds: on a host whose caches go cold between
-        wake-ups, every line run here costs far more than it would warm, so the file is written compact
-        (the C encoder; ``indent`` falls back to the Python one) by the shortest path.
+        wake-ups, every line run here costs far more than it would warm, so the file is written by the
+        shortest path (json's cached C encoder; ``indent`` would fall back to the Python one).
         """
         name = self._beat_names.get(server)
         if name is None:
@@ -1008,7 +1008,8 @@ class Spool:
         obj = {**info, "server": server, "beat": self.clock()}
         # the settings as last read (a sweep reads them again): durable or not, a heartbeat is rewritten soon
         durable = bool(self._settings[1].get("durable")) if self._settings is not None else self.durable
-        self._write_json_as(f"{self._dirs['daemons']}/{name}", name, json.dumps(obj, separators=(",", ":")), durable)
+        # json.dumps' own arguments only: any other builds a new encoder per call
+        self._write_json_as(f"{self._dirs['daemons']}/{name}", name, json.dumps(obj), durable)
 
     def daemons(self) -> list[dict[str, Any]]:
         """Heartbeats of the daemons that work or worked on this spool, newest first."""
