@@ -148,11 +148,9 @@ def getTaskStatus(taskHandle: Claim) -> tuple[int, str]:
 class TaskStatus:
     """What a handler gets to report on its task (the guide's ``taskStatus``)."""
 
-    def __init__(self, taskHandle: Claim, *, spool: Spool | None = None) -> None:
-        """``spool``: the Spool object that claimed the task (a daemon's worker passes its own), so that the
-        handler's reports find the task where that object left it; by default the tracker's for its path."""
+    def __init__(self, taskHandle: Claim) -> None:
         self.handle = taskHandle
-        self._spool = _spool_of(taskHandle) if spool is None else spool
+        self._spool = _spool_of(taskHandle)
         #: the terminal state this object gave the task, if any (the daemon then need not look)
         self.ended: State | None = None
 

@@ -442,7 +442,7 @@ def run_claim(spool: Spool, claim: Claim, started: StartedTask | None = None) ->
     """
     from spoolatp.tracker import TaskStatus  # the handler's view of its task
 
-    status = TaskStatus(claim, spool=spool)
+    status = TaskStatus(claim)
     try:
         _, _, handler_name, inputs = started if started is not None else spool.start(claim)
         try:
