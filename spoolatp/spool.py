@@ -293,6 +293,9 @@ class Spool:
         # same bytes, takes the record instead of checking and unpickling them twice
         self._memo: tuple[str, bytes, dict[str, Any]] | None = None
         self._beat_names: dict[str, str] = {}  # server id -> its heartbeat's file name (validated)
+        # access() may say "no" for what open() reaches: a sandbox refusing faccessat2, a libc without it;
+        # asked once of a file that is there, it says whether _cancel_marker may trust its "no"
+        self._access_works = self._local and _access_finds(f"{root}/spool.json")
 
     @property
     def local(self) -> bool:
@@ -1383,7 +1386,7 @@ class Spool:
                 and fsio.real_dir(path[: path.rfind("/")])
             ):
                 return path, state
-            del self._held[(server, key, claim.attempt)]
+            self._held.pop((server, key, claim.attempt), None)  # a thread of the same handler may have dropped it
         for state in _HELD_SCHEDULED_FIRST if scheduled_first else _HELD:
             base = f"{self._dirs[DIR_OF[state]]}/{server}"
             path = f"{base}/{key}"
@@ -1619,8 +1622,8 @@ class Spool:
     def _cancel_marker(self, path: fsio.PathArg) -> str | None:
         marker = f"{os.fspath(path)}/cancel"
         # the usual answer, "none", without raising ENOENT; a network mount's lookup may answer from a cache,
-        # so there open() asks (close-to-open consistency)
-        if self._local and not os.access(marker, os.F_OK, follow_symlinks=False):
+        # so there open() asks (close-to-open consistency), as it does where access() proved unreliable
+        if self._access_works and not os.access(marker, os.F_OK, effective_ids=True, follow_symlinks=False):
             return None
         try:
             # O_NONBLOCK: a FIFO planted as the marker opens at once (the daemon's loop polls this)
@@ -2061,6 +2064,13 @@ class Spool:
         owned = fd is None
         if fd is None:
             fd = self._open_journal(path, name, claim)
+        else:
+            # the caller opened it before reading the record: a reaper or a delete that renamed the task
+            # directory away since must fence this write as a fresh open by path would (ENOENT)
+            try:
+                os.lstat(f"{os.fspath(path)}/{name}")
+            except FileNotFoundError:
+                raise ClaimLost(f"task {claim or _name(path)} was taken away; this change is discarded") from None
         try:
             written = os.write(fd, line)
             if written < len(line):  # the file system filled up within the line
@@ -2139,7 +2149,7 @@ class Spool:
         if held[0] == os.fspath(path):
             self._held[k] = (held[0], held[1], held[2] + written)
         else:  # another directory: check the slow way next time
-            del self._held[k]
+            self._held.pop(k, None)
 
     def _journal(self, path: fsio.PathArg, *, settle: bool = False, strict: bool = False) -> list[LogRecord]:
         """The journal of task directory ``path``; [] if it has none.
@@ -2216,6 +2226,14 @@ class Spool:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _access_finds(path: str) -> bool:
+    """Whether ``access()`` (effective ids, not following a link) finds ``path``, which exists."""
+    try:
+        return os.access(path, os.F_OK, effective_ids=True, follow_symlinks=False)
+    except (OSError, NotImplementedError):  # the platform cannot combine the two
+        return False
 
 
 def _host_time() -> float:

@@ -138,6 +138,66 @@ def test_a_stale_listing_does_not_claim_what_a_sibling_of_the_same_server_holds(
     assert [r.attempt for r in spool.log("T", "t1") if r.state is State.SCHEDULED] == [1]
 
 
+@pytest.mark.parametrize("taker", ["delete", "recover"])
+def test_a_task_taken_away_while_its_claim_reads_it_gets_no_claim_record(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, taker: str
+) -> None:
+    """A delete or a reaper renames the directory away between the claim's rename and its append: no claim."""
+    spool.register_type("T", "h")
+    spool.enqueue("T", "t", 1)
+    other = Spool(spool.path)
+    read_record, taken = Spool._read_record, []
+
+    def read_then_take(self: Spool, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("read") is not None and not taken:  # the claim's own read: the task is in running/srv
+            taken.append(other.delete("T", "t") if taker == "delete" else other.recover("srv", "presumed dead"))
+        return read_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(Spool, "_read_record", read_then_take)
+    with pytest.raises(QueueEmpty):  # given up, as its append found the directory gone
+        spool.claim_and_start("srv")
+    assert taken
+    monkeypatch.undo()
+    if taker == "delete":
+        with pytest.raises(TaskNotFound):
+            spool.status("T", "t")
+    else:  # back in the queue, with no line of the claim that lost it after its re-enqueue
+        assert [r.state for r in spool.log("T", "t")] == [State.ENQUEUED, State.ENQUEUED]
+
+
+def test_threads_noting_one_claim_at_once_lose_no_note_and_raise_nothing(spool: Spool) -> None:
+    """The held-claim cache of one Spool object, read and written by several threads of one handler."""
+    import sys
+    import threading
+
+    spool.register_type("T", "h")
+    errors: list[str] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches inside the cache's updates, as often as possible
+    try:
+        for n in range(20):
+            spool.enqueue("T", f"t{n}", n)
+            claim, _ = spool.claim_and_start("srv")
+
+            def note(i: int, claim: Any = claim) -> None:
+                for step in range(15):
+                    try:
+                        spool.note(claim, f"thread {i} step {step}", progress=0.5)
+                    except Exception as exc:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+
+            threads = [threading.Thread(target=note, args=(i,)) for i in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            spool.finish(claim)
+            assert sum(1 for r in spool.log("T", f"t{n}") if r.message.startswith("thread")) == 8 * 15
+    finally:
+        sys.setswitchinterval(old)
+    assert errors == []
+
+
 # --------------------------------------------------------------------------- one winner per (type, id)
 
 

@@ -666,6 +666,25 @@ def test_a_link_planted_in_files_keeps_a_hot_folder_file_inside_the_spool(unsign
     assert list(unsigned.tasks()) == [] and len(dropin.pending(unsigned)) == 1  # kept for a later ingest
 
 
+def test_a_cancel_is_seen_by_a_process_whose_real_ids_cannot_reach_the_spool(tmp_path: Path) -> None:
+    """A setuid-style process (effective root, real nobody): its cancel checks ask as open() would."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change its real uid")
+    root = tmp_path / "private"
+    root.mkdir(mode=0o700)  # nobody cannot search it: an access() by the real uid finds nothing inside
+    spool = Spool(root / "spool")
+    spool.register_type("T", "h")
+    spool.enqueue("T", "t", 1)
+    claim, _ = spool.claim_and_start("srv")
+    spool.cancel("T", "t", by="operator")
+
+    def check() -> None:
+        os.setresuid(65534, 0, 0)  # real uid nobody, effective uid root
+        assert Spool(root / "spool").cancel_requested(claim) == "operator"
+
+    without_blocking(check)
+
+
 # --------------------------------------------------------------------------- FIFOs
 
 #: how a planted FIFO is met: nobody holds it open (a read finds it empty), or a writer holds it open and
