@@ -1257,8 +1257,8 @@ class Spool:
         inline = self.journal_file == "task"
         fd = None
         if inline and self._local:
-            # one descriptor for the read and the append (three system calls fewer); opening the directory
-            # O_DIRECTORY|O_NOFOLLOW refuses what the lstat below refuses (a planted file or link)
+            # one descriptor for the read and the append (two system calls fewer; _append fences the write with
+            # an lstat); opening the directory O_DIRECTORY|O_NOFOLLOW refuses what the lstat below refuses
             with contextlib.suppress(OSError):  # gone, planted or unreadable: the careful way below judges
                 fd = fsio.open_in(path, "task", os.O_RDWR | os.O_APPEND)
         try:
